@@ -1,0 +1,154 @@
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
+    Tensor, WithDType, D,
+};
+use rayon::prelude::*;
+
+/// `log_softmax(logits)[n, targets[n]]` for logits `(N, V)` and u32 targets `(N,)`.
+///
+/// On CPU this is one fused pass per row, with a fused backward (`g * (onehot - softmax)`):
+/// the composed version materialises several `(N, V)` temporaries in both directions, and V is
+/// ~50k for real vocabularies. Other devices use the composed candle ops. Half-precision logits
+/// are widened to f32 first.
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = match logits.dtype() {
+        DType::F64 | DType::F32 => logits.clone(),
+        _ => logits.to_dtype(DType::F32)?,
+    };
+    let targets = targets.to_dtype(DType::U32)?;
+    if logits.device().is_cpu() {
+        logits
+            .contiguous()?
+            .apply_op2(&targets.contiguous()?, TokenLogprobs)
+    } else {
+        let picked = logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+        picked - logits.log_sum_exp(D::Minus1)?
+    }
+}
+
+struct TokenLogprobs;
+
+fn rows<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("token_logprobs expects contiguous inputs"),
+    }
+}
+
+/// (max, log-sum-exp) of one row, in f64 for accuracy.
+fn row_stats<T: WithDType>(row: &[T]) -> (f64, f64) {
+    let max = row
+        .iter()
+        .map(|x| x.to_f64())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = row.iter().map(|x| (x.to_f64() - max).exp()).sum();
+    (max, max + sum.ln())
+}
+
+fn forward<T: WithDType>(logits: &[T], targets: &[u32], v: usize) -> Result<Vec<T>> {
+    logits
+        .par_chunks(v)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            let t = t as usize;
+            if t >= v {
+                candle_core::bail!("target id {t} is outside the vocabulary ({v})");
+            }
+            let (_, lse) = row_stats(row);
+            Ok(T::from_f64(row[t].to_f64() - lse))
+        })
+        .collect()
+}
+
+impl CustomOp2 for TokenLogprobs {
+    fn name(&self) -> &'static str {
+        "token-logprobs"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = l1.shape().dims2()?;
+        let targets = rows::<u32>(s2, l2)?;
+        if targets.len() != n {
+            candle_core::bail!(
+                "token_logprobs: {n} rows of logits but {} targets",
+                targets.len()
+            );
+        }
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(forward(rows::<f32>(s1, l1)?, targets, v)?),
+            DType::F64 => CpuStorage::F64(forward(rows::<f64>(s1, l1)?, targets, v)?),
+            dt => candle_core::bail!("token_logprobs: unsupported dtype {dt:?}"),
+        };
+        Ok((out, Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = logits.apply_op3_no_bwd(targets, &grad.contiguous()?, &TokenLogprobsGrad)?;
+        Ok((Some(g), None))
+    }
+}
+
+struct TokenLogprobsGrad;
+
+fn backward<T: WithDType>(logits: &[T], targets: &[u32], grad: &[T], v: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); logits.len()];
+    out.par_chunks_mut(v)
+        .zip(logits.par_chunks(v))
+        .zip(targets.par_iter().zip(grad.par_iter()))
+        .for_each(|((dst, row), (&t, &g))| {
+            let (_, lse) = row_stats(row);
+            let g = g.to_f64();
+            for (d, x) in dst.iter_mut().zip(row) {
+                *d = T::from_f64(-g * (x.to_f64() - lse).exp());
+            }
+            dst[t as usize] = T::from_f64(dst[t as usize].to_f64() + g);
+        });
+    out
+}
+
+impl CustomOp3 for TokenLogprobsGrad {
+    fn name(&self) -> &'static str {
+        "token-logprobs-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, v) = l1.shape().dims2()?;
+        let targets = rows::<u32>(s2, l2)?;
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(backward(
+                rows::<f32>(s1, l1)?,
+                targets,
+                rows::<f32>(s3, l3)?,
+                v,
+            )),
+            DType::F64 => CpuStorage::F64(backward(
+                rows::<f64>(s1, l1)?,
+                targets,
+                rows::<f64>(s3, l3)?,
+                v,
+            )),
+            dt => candle_core::bail!("token_logprobs backward: unsupported dtype {dt:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}

@@ -1,0 +1,34 @@
+//! metaapo: a scripting host for preference optimisation of language models (MetaAPO and its
+//! baselines). This crate's engine layer: the decoder, loading, tokenization, scoring,
+//! objectives and optimizer. It knows nothing of scripts.
+
+pub mod atomic;
+pub mod data;
+pub mod device;
+pub mod fetch;
+pub mod kernels;
+pub mod memory;
+pub mod model;
+pub mod objective;
+pub mod score;
+pub mod train;
+
+use anyhow::Result;
+use candle_core::{DType, Device};
+use model::{tokenizer::TextTokenizer, CausalLm};
+use std::path::Path;
+
+/// Loads a model from a HF directory or a `.gguf` file.
+pub fn load_pretrained(
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+    trainable: bool,
+) -> Result<(CausalLm, Option<TextTokenizer>)> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        let (m, t) = model::gguf::load(path, device, dtype, trainable)?;
+        Ok((m, Some(t)))
+    } else {
+        model::hf::load(path, device, dtype, trainable)
+    }
+}

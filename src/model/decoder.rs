@@ -1,0 +1,279 @@
+//! The Llama-family decoder (Llama, Mistral, Qwen2): RMSNorm, RoPE, grouped-query attention,
+//! SwiGLU MLP. Every op is differentiable; batches carry per-row positions and a padding mask so
+//! a sequence scores the same alone, left-padded or right-padded.
+
+use super::config::{Architecture, ModelConfig};
+use crate::kernels::{attention_bias, rms_norm, Rope};
+use anyhow::Result;
+use candle_core::{DType, Tensor, D};
+
+/// The parameters a config calls for, with HF names and shapes, in HF order.
+pub fn parameter_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+    let (q, kv) = (
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+    for l in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        let mut add = |name: &str, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
+        add("input_layernorm.weight", vec![h]);
+        for (proj, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            add(&format!("self_attn.{proj}.weight"), vec![rows, h]);
+            if c.attention_bias {
+                add(&format!("self_attn.{proj}.bias"), vec![rows]);
+            }
+        }
+        add("self_attn.o_proj.weight", vec![h, q]);
+        if o_proj_bias(c) {
+            add("self_attn.o_proj.bias", vec![h]);
+        }
+        add("post_attention_layernorm.weight", vec![h]);
+        for (proj, shape, bias) in [
+            ("gate_proj", vec![i, h], i),
+            ("up_proj", vec![i, h], i),
+            ("down_proj", vec![h, i], h),
+        ] {
+            add(&format!("mlp.{proj}.weight"), shape);
+            if c.mlp_bias {
+                add(&format!("mlp.{proj}.bias"), vec![bias]);
+            }
+        }
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !c.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![v, h]));
+    }
+    out
+}
+
+/// Llama's `attention_bias` covers all four projections; Qwen2 has biases on q/k/v only.
+fn o_proj_bias(c: &ModelConfig) -> bool {
+    c.attention_bias && c.architecture != Architecture::Qwen2
+}
+
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let y = x.reshape((b * t, d))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        y.reshape((b, t, ()))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Keys and values of earlier positions, one entry per layer, for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One forward's input: token ids `(B, T)`, their positions `(B, T)`, and for every key (cached
+/// ones first, then these T) whether it is a real token.
+#[derive(Debug, Clone)]
+pub struct DecoderInput {
+    pub ids: Tensor,
+    pub positions: Tensor,
+    pub key_valid: Vec<Vec<bool>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: Rope,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+    sliding_window: Option<usize>,
+}
+
+impl Decoder {
+    /// Builds the decoder from tensors looked up by HF name (already shape-checked).
+    pub fn new(c: &ModelConfig, get: impl Fn(&str) -> Result<Tensor>) -> Result<Self> {
+        let linear = |name: &str, bias: bool| -> Result<Linear> {
+            Ok(Linear {
+                weight: get(&format!("{name}.weight"))?,
+                bias: if bias {
+                    Some(get(&format!("{name}.bias"))?)
+                } else {
+                    None
+                },
+            })
+        };
+        let layers = (0..c.num_hidden_layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}");
+                Ok(Layer {
+                    input_norm: get(&format!("{p}.input_layernorm.weight"))?,
+                    q: linear(&format!("{p}.self_attn.q_proj"), c.attention_bias)?,
+                    k: linear(&format!("{p}.self_attn.k_proj"), c.attention_bias)?,
+                    v: linear(&format!("{p}.self_attn.v_proj"), c.attention_bias)?,
+                    o: linear(&format!("{p}.self_attn.o_proj"), o_proj_bias(c))?,
+                    post_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
+                    gate: linear(&format!("{p}.mlp.gate_proj"), c.mlp_bias)?,
+                    up: linear(&format!("{p}.mlp.up_proj"), c.mlp_bias)?,
+                    down: linear(&format!("{p}.mlp.down_proj"), c.mlp_bias)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed = get("model.embed_tokens.weight")?;
+        let lm_head = if c.tie_word_embeddings {
+            embed.clone()
+        } else {
+            get("lm_head.weight")?
+        };
+        Ok(Self {
+            rope: Rope::new(
+                c.head_dim,
+                c.rope_theta,
+                c.rope_scaling.as_ref(),
+                embed.device(),
+            )?,
+            embed,
+            layers,
+            norm: get("model.norm.weight")?,
+            lm_head,
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            eps: c.rms_norm_eps,
+            sliding_window: c.sliding_window,
+        })
+    }
+
+    /// Final-norm hidden states `(B, T, hidden)`. With a cache, keys and values of these
+    /// positions are appended to it.
+    pub fn hidden_states(
+        &self,
+        input: &DecoderInput,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = input.ids.dims2()?;
+        let dtype = self.embed.dtype();
+        let mut x = self
+            .embed
+            .index_select(&input.ids.flatten_all()?, 0)?
+            .reshape((b, t, ()))?;
+        let (cos, sin) = self.rope.cos_sin(&input.positions, dtype)?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let bias = attention_bias(&input.key_valid, offset, t, self.sliding_window, x.device())?;
+        let mut cache = cache;
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize(self.layers.len(), None);
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let h = rms_norm(&x, &layer.input_norm, self.eps)?;
+            x = (x + self.attention(layer, &h, &cos, &sin, &bias, slot)?)?;
+            let h = rms_norm(&x, &layer.post_norm, self.eps)?;
+            let mlp = (layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?;
+            x = (x + layer.down.forward(&mlp)?)?;
+        }
+        Ok(rms_norm(&x, &self.norm, self.eps)?)
+    }
+
+    /// Logits over the vocabulary for hidden states of shape `(B, T, hidden)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let lm_head = Linear {
+            weight: self.lm_head.clone(),
+            bias: None,
+        };
+        Ok(lm_head.forward(hidden)?)
+    }
+
+    pub fn forward(&self, input: &DecoderInput, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.logits(&self.hidden_states(input, cache)?)
+    }
+
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
+        let q = Rope::apply(&heads(layer.q.forward(x)?, self.num_heads)?, cos, sin)?;
+        let mut k = Rope::apply(&heads(layer.k.forward(x)?, self.num_kv_heads)?, cos, sin)?;
+        let mut v = heads(layer.v.forward(x)?, self.num_kv_heads)?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
+        let dtype = q.dtype();
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+        let wide = if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let scores = scores
+            .to_dtype(wide)?
+            .broadcast_add(&bias.to_dtype(wide)?)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
+        let out = probs.matmul(&v.contiguous()?)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
+        layer.o.forward(&out)
+    }
+
+    fn repeat_kv(&self, x: Tensor) -> candle_core::Result<Tensor> {
+        let rep = self.num_heads / self.num_kv_heads;
+        if rep == 1 {
+            return Ok(x);
+        }
+        let (b, n, t, d) = x.dims4()?;
+        x.unsqueeze(2)?
+            .expand((b, n, rep, t, d))?
+            .reshape((b, n * rep, t, d))
+    }
+}

@@ -1,0 +1,264 @@
+//! GGUF files of Llama-family models (llama.cpp's format): tensors dequantised to f32, renamed to
+//! HF names, llama.cpp's Q/K row permutation undone, and the tokenizer rebuilt from metadata.
+
+use super::config::ModelConfig;
+use super::tokenizer::TextTokenizer;
+use super::CausalLm;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::Path;
+
+struct Meta<'a> {
+    map: &'a HashMap<String, Value>,
+    path: &'a Path,
+}
+
+impl Meta<'_> {
+    fn get(&self, key: &str) -> Result<&Value> {
+        self.map
+            .get(key)
+            .with_context(|| format!("{}: metadata key `{key}` is missing", self.path.display()))
+    }
+    fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.get(key)?;
+        v.to_u64()
+            .or_else(|_| v.to_u32().map(u64::from))
+            .or_else(|_| v.to_i32().map(|x| x as u64))
+            .map(|x| x as usize)
+            .map_err(|e| anyhow!("{}: metadata key `{key}`: {e}", self.path.display()))
+    }
+    fn f64(&self, key: &str) -> Result<f64> {
+        let v = self.get(key)?;
+        // Through the shortest decimal form, so an f32 1e-5 reads as 1e-5, not 9.9999997e-6.
+        v.to_f32()
+            .map(|x| x.to_string().parse().unwrap_or(f64::from(x)))
+            .or_else(|_| v.to_f64())
+            .map_err(|e| anyhow!("{}: metadata key `{key}`: {e}", self.path.display()))
+    }
+    fn str(&self, key: &str) -> Result<&str> {
+        self.get(key)?
+            .to_string()
+            .map(String::as_str)
+            .map_err(|e| anyhow!("{}: metadata key `{key}`: {e}", self.path.display()))
+    }
+    fn strings(&self, key: &str) -> Result<Vec<String>> {
+        self.get(key)?
+            .to_vec()
+            .map_err(|e| anyhow!("{}: metadata key `{key}`: {e}", self.path.display()))?
+            .iter()
+            .map(|v| v.to_string().cloned())
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(|e| anyhow!("{}: metadata key `{key}`: {e}", self.path.display()))
+    }
+}
+
+/// Loads a GGUF file into an f32 (or `dtype`) model and its tokenizer.
+pub fn load(
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+    trainable: bool,
+) -> Result<(CausalLm, TextTokenizer)> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let content = Content::read(&mut file)
+        .map_err(|e| anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
+    let meta = Meta {
+        map: &content.metadata,
+        path,
+    };
+    let arch = meta.str("general.architecture")?.to_string();
+    if arch != "llama" && arch != "qwen2" {
+        bail!(
+            "{}: architecture {arch:?} is not supported (llama, qwen2)",
+            path.display()
+        );
+    }
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        bail!(
+            "{}: per-frequency RoPE factors (`rope_freqs.weight`) are not supported",
+            path.display()
+        );
+    }
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
+    let tied = !content.tensor_infos.contains_key("output.weight");
+    let heads = meta.usize(&format!("{arch}.attention.head_count"))?;
+    let kv_heads = meta
+        .usize(&format!("{arch}.attention.head_count_kv"))
+        .unwrap_or(heads);
+    let hidden = meta.usize(&format!("{arch}.embedding_length"))?;
+    let eos = meta.usize("tokenizer.ggml.eos_token_id")?;
+    let bos = meta.usize("tokenizer.ggml.bos_token_id").ok();
+    let config = ModelConfig::from_json(json!({
+        "architectures": [if arch == "llama" { "LlamaForCausalLM" } else { "Qwen2ForCausalLM" }],
+        "vocab_size": tokens.len(),
+        "hidden_size": hidden,
+        "intermediate_size": meta.usize(&format!("{arch}.feed_forward_length"))?,
+        "num_hidden_layers": meta.usize(&format!("{arch}.block_count"))?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": meta.usize(&format!("{arch}.rope.dimension_count")).unwrap_or(hidden / heads),
+        "max_position_embeddings": meta.usize(&format!("{arch}.context_length")).unwrap_or(4096),
+        "rms_norm_eps": meta.f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))?,
+        "rope_theta": meta.f64(&format!("{arch}.rope.freq_base")).unwrap_or(10_000.0),
+        "tie_word_embeddings": tied,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+    }))
+    .with_context(|| format!("building a config from the metadata of {}", path.display()))?;
+
+    let mut tensors = HashMap::new();
+    for name in content.tensor_infos.keys() {
+        let Some(hf) = hf_name(name) else { continue };
+        let q = content
+            .tensor(&mut file, name, device)
+            .map_err(|e| anyhow!("{}: cannot read tensor `{name}`: {e}", path.display()))?;
+        let mut t = q
+            .dequantize(device)
+            .map_err(|e| anyhow!("{}: cannot dequantise tensor `{name}`: {e}", path.display()))?;
+        // llama.cpp permutes Q/K rows of Llama models for its interleaved RoPE; Qwen2 is not permuted.
+        if arch == "llama" && hf.ends_with("q_proj.weight") {
+            t = unpermute(&t, heads)?;
+        } else if arch == "llama" && hf.ends_with("k_proj.weight") {
+            t = unpermute(&t, kv_heads)?;
+        }
+        tensors.insert(hf, t);
+    }
+    let source = format!("GGUF file {}", path.display());
+    let model = CausalLm::from_tensors(config, tensors, &source, dtype, trainable)?;
+    let tokenizer = tokenizer_from_meta(&meta, &tokens, eos, bos)?;
+    Ok((model, tokenizer))
+}
+
+/// llama.cpp tensor names to HF names.
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let hf = match module {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// Undoes llama.cpp's permutation of a `(out, in)` Q or K weight with `heads` heads:
+/// `(heads, out/heads/2, 2, in)` with axes 1 and 2 swapped back.
+fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    Ok(w.reshape((heads, out / heads / 2, 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))?)
+}
+
+/// Rebuilds a HF byte-level BPE tokenizer from `tokenizer.ggml.*` metadata.
+fn tokenizer_from_meta(
+    meta: &Meta,
+    tokens: &[String],
+    eos: usize,
+    bos: Option<usize>,
+) -> Result<TextTokenizer> {
+    let model = meta.str("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        bail!(
+            "{}: tokenizer.ggml.model {model:?} is not supported (only byte-level BPE, \"gpt2\")",
+            meta.path.display()
+        );
+    }
+    let pre = meta.str("tokenizer.ggml.pre").unwrap_or("default");
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let pre_tokenizer = match pre {
+        "default" | "gpt2" => byte_level,
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level]}),
+        other => bail!(
+            "{}: tokenizer.ggml.pre {other:?} is not supported (default, gpt2, smollm); \
+             load the model from a HF directory with its tokenizer.json instead",
+            meta.path.display()
+        ),
+    };
+    let types: Vec<i64> = match meta.map.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()?
+            .iter()
+            .map(|t| t.to_i32().map(i64::from))
+            .collect::<candle_core::Result<_>>()?,
+        None => vec![1; tokens.len()],
+    };
+    // Token types: 1 normal, 3 control (special), 4 user-defined.
+    let added: Vec<_> = tokens
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .filter(|(_, (_, &t))| t == 3 || t == 4)
+        .map(|(id, (tok, &t))| {
+            json!({"id": id, "content": tok, "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": t == 4, "special": t == 3})
+        })
+        .collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let tokenizer_json = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": meta.strings("tokenizer.ggml.merges")?},
+    });
+    let name = |id: usize, what: &str| {
+        tokens.get(id).cloned().with_context(|| {
+            format!(
+                "{}: {what} id {id} is outside the vocabulary",
+                meta.path.display()
+            )
+        })
+    };
+    let eos_tok = name(eos, "tokenizer.ggml.eos_token_id")?;
+    let bos_tok = bos
+        .map(|b| name(b, "tokenizer.ggml.bos_token_id"))
+        .transpose()?;
+    let pad_tok = meta
+        .usize("tokenizer.ggml.padding_token_id")
+        .ok()
+        .map(|p| name(p, "tokenizer.ggml.padding_token_id"))
+        .transpose()?;
+    let template = meta.str("tokenizer.chat_template").ok();
+    TextTokenizer::from_parts(
+        &tokenizer_json.to_string(),
+        &eos_tok,
+        bos_tok.as_deref(),
+        pad_tok.as_deref(),
+        template,
+    )
+    .with_context(|| format!("building the tokenizer of {}", meta.path.display()))
+}

@@ -1,0 +1,159 @@
+//! A text tokenizer (HF `tokenizers`) with the special tokens and chat template the model uses.
+
+use super::config::ModelConfig;
+use super::template::ChatTemplate;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    pub eos_token_id: u32,
+    pub bos_token_id: Option<u32>,
+    /// Padding never reaches the model (it is masked out); this id only fills the slots.
+    pub pad_token_id: u32,
+    pub template: Option<ChatTemplate>,
+}
+
+/// `tokenizer_config.json` spells special tokens either as strings or as `{"content": ...}`.
+fn token_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+impl TextTokenizer {
+    /// Builds from a tokenizer.json text plus the special-token strings and template.
+    pub fn from_parts(
+        tokenizer_json: &str,
+        eos_token: &str,
+        bos_token: Option<&str>,
+        pad_token: Option<&str>,
+        chat_template: Option<&str>,
+    ) -> Result<Self> {
+        let inner: tokenizers::Tokenizer = tokenizer_json
+            .parse()
+            .map_err(|e| anyhow!("invalid tokenizer.json: {e}"))?;
+        let id = |tok: &str, field: &str| {
+            inner
+                .token_to_id(tok)
+                .with_context(|| format!("{field} {tok:?} is not in the vocabulary"))
+        };
+        let eos_token_id = id(eos_token, "eos_token")?;
+        let bos_token_id = bos_token.map(|b| id(b, "bos_token")).transpose()?;
+        let pad_token_id = pad_token
+            .map(|p| id(p, "pad_token"))
+            .transpose()?
+            .unwrap_or(eos_token_id);
+        let template = chat_template
+            .map(|t| ChatTemplate::new(t, bos_token.unwrap_or(""), eos_token))
+            .transpose()?;
+        Ok(Self {
+            inner,
+            eos_token_id,
+            bos_token_id,
+            pad_token_id,
+            template,
+        })
+    }
+
+    /// Reads `tokenizer.json` and `tokenizer_config.json` from a HF model directory. Special
+    /// tokens missing from tokenizer_config.json fall back to the model config's ids.
+    pub fn from_hf_dir(dir: &Path, config: &ModelConfig) -> Result<Self> {
+        let tok_path = dir.join("tokenizer.json");
+        let tok_json = std::fs::read_to_string(&tok_path)
+            .with_context(|| format!("cannot read {}", tok_path.display()))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Value = match std::fs::read_to_string(&cfg_path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?,
+            Err(_) => json!({}),
+        };
+        let probe: tokenizers::Tokenizer = tok_json
+            .parse()
+            .map_err(|e| anyhow!("{} is not a valid tokenizer: {e}", tok_path.display()))?;
+        let by_id = |id: Option<u32>| id.and_then(|i| probe.id_to_token(i));
+        let eos = token_string(cfg.get("eos_token"))
+            .or_else(|| by_id(config.eos_token_ids.first().copied()))
+            .with_context(|| {
+                format!(
+                    "no eos_token: set it in {} or eos_token_id in config.json",
+                    cfg_path.display()
+                )
+            })?;
+        let bos = token_string(cfg.get("bos_token")).or_else(|| by_id(config.bos_token_id));
+        let pad = token_string(cfg.get("pad_token"));
+        let template = match cfg.get("chat_template") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            // Several named templates: the unnamed one is called "default".
+            Some(Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            Some(_) => bail!(
+                "{}: field `chat_template` must be a string",
+                cfg_path.display()
+            ),
+        };
+        Self::from_parts(
+            &tok_json,
+            &eos,
+            bos.as_deref(),
+            pad.as_deref(),
+            template.as_deref(),
+        )
+        .with_context(|| format!("loading the tokenizer from {}", dir.display()))
+    }
+
+    /// Token ids of `text`, adding no special tokens (special-token strings in the text still
+    /// become their ids).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenizing failed: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| anyhow!("decoding failed: {e}"))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let tok_path = dir.join("tokenizer.json");
+        self.inner
+            .save(&tok_path, false)
+            .map_err(|e| anyhow!("cannot write {}: {e}", tok_path.display()))?;
+        let name = |id: u32| self.inner.id_to_token(id);
+        let cfg = json!({
+            "eos_token": name(self.eos_token_id),
+            "bos_token": self.bos_token_id.and_then(name),
+            "pad_token": name(self.pad_token_id),
+            "chat_template": self.template.as_ref().map(|t| t.source()),
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": false,
+        });
+        let path = dir.join("tokenizer_config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&cfg)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}

@@ -1,0 +1,62 @@
+//! Preference objectives (formulas: ALGORITHMS.md). Each returns the batch loss, the per-example
+//! losses and TRL-named metrics, and accepts optional per-example weights `w`: the batch loss is
+//! `sum_i w_i * l_i / N`, so `dpo(off, w) + dpo(on, 1 - w)` is MetaAPO's mixed loss.
+
+mod kto;
+mod pairwise;
+
+pub use kto::{kto, KtoConfig};
+pub use pairwise::{dpo, ipo, selm, simpo, DpoConfig, SelmConfig, SimpoConfig};
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use std::collections::BTreeMap;
+
+/// Metric name (TRL's: `loss`, `rewards/chosen`, ...) to value.
+pub type Metrics = BTreeMap<String, f64>;
+
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// Scalar batch loss, differentiable.
+    pub loss: Tensor,
+    /// Unweighted loss of each example, `(N,)`, differentiable.
+    pub per_example: Tensor,
+    pub metrics: Metrics,
+}
+
+/// `log σ(z)`, computed as `min(z, 0) - log(1 + exp(-|z|))` so it never underflows.
+pub fn log_sigmoid(z: &Tensor) -> Result<Tensor> {
+    let tail = ((z.abs()?.neg()?.exp()? + 1.0)?).log()?;
+    Ok((z.minimum(0.0)? - tail)?)
+}
+
+/// `σ(z)`, through `log_sigmoid` for stability.
+pub fn sigmoid(z: &Tensor) -> Result<Tensor> {
+    Ok(log_sigmoid(z)?.exp()?)
+}
+
+/// `sum_i w_i * l_i / N` (the plain mean without weights).
+fn reduce(per_example: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
+    let n = per_example.dim(0)?;
+    match weights {
+        None => Ok(per_example.mean_all()?),
+        Some(w) => {
+            if w.dims() != [n] {
+                bail!("weights have shape {:?}, expected [{n}]", w.dims());
+            }
+            Ok(((per_example * w.to_dtype(per_example.dtype())?)?.sum_all()? / n as f64)?)
+        }
+    }
+}
+
+fn values(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}

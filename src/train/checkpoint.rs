@@ -1,0 +1,81 @@
+//! Checkpoints: the policy as a HF directory, plus `optimizer.safetensors` and
+//! `trainer_state.json` (counters and RNG state), written atomically as one folder.
+
+use super::optimizer::AdamW;
+use crate::atomic;
+use crate::model::{hf, tokenizer::TextTokenizer, CausalLm};
+use anyhow::{Context, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+pub const TRAINER_STATE: &str = "trainer_state.json";
+
+/// The exact position of a ChaCha8 stream, so a resumed run draws the same numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    pub seed: [u8; 32],
+    pub stream: u64,
+    /// A u128 as a decimal string (JSON numbers cannot hold it).
+    pub word_pos: String,
+}
+
+impl RngState {
+    pub fn capture(rng: &ChaCha8Rng) -> Self {
+        Self {
+            seed: rng.get_seed(),
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos().to_string(),
+        }
+    }
+
+    pub fn restore(&self) -> Result<ChaCha8Rng> {
+        let mut rng = ChaCha8Rng::from_seed(self.seed);
+        rng.set_stream(self.stream);
+        rng.set_word_pos(
+            self.word_pos
+                .parse()
+                .context("rng word_pos is not an integer")?,
+        );
+        Ok(rng)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub global_step: u64,
+    pub rng: RngState,
+    /// Free-form counters owned by the training loop (epoch, annotations, ...).
+    #[serde(default)]
+    pub counters: serde_json::Map<String, serde_json::Value>,
+}
+
+pub fn save(
+    dir: &Path,
+    model: &CausalLm,
+    tokenizer: Option<&TextTokenizer>,
+    optimizer: &AdamW,
+    state: &TrainerState,
+) -> Result<()> {
+    atomic::write_dir(dir, |tmp| {
+        hf::write_into(tmp, model, tokenizer)?;
+        optimizer.save(&tmp.join(OPTIMIZER))?;
+        std::fs::write(
+            tmp.join(TRAINER_STATE),
+            serde_json::to_string_pretty(state)?,
+        )?;
+        Ok(())
+    })
+    .with_context(|| format!("writing checkpoint {}", dir.display()))
+}
+
+/// Reads `trainer_state.json`; the model loads with [`hf::load`] and the optimizer with
+/// [`AdamW::load`] on `dir/optimizer.safetensors`.
+pub fn load_state(dir: &Path) -> Result<TrainerState> {
+    let path = dir.join(TRAINER_STATE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is malformed", path.display()))
+}

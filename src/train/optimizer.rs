@@ -1,0 +1,348 @@
+//! AdamW with decoupled weight decay (PyTorch's formula), global-norm gradient clipping,
+//! per-parameter decay groups and exportable state.
+//!
+//! On CPU with f32 parameters the update is one fused in-place pass over parameter, gradient and
+//! moments (candle-nn's AdamW spends ~13 tensor ops and 3 copies per parameter). Elsewhere the
+//! same formula runs as candle ops, with f32 moments.
+
+use super::grads::Gradients;
+use anyhow::{bail, Context, Result};
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Parameters whose name contains one of these get no weight decay.
+    pub no_decay: Vec<String>,
+    /// Clip the global gradient norm to this (TRL's `max_grad_norm`).
+    pub max_grad_norm: Option<f64>,
+    /// Use the fused CPU kernel where it applies (off only to test it against the fallback).
+    pub fused: bool,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-6,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            no_decay: vec!["bias".into(), "norm".into()],
+            max_grad_norm: Some(1.0),
+            fused: true,
+        }
+    }
+}
+
+enum Moments {
+    /// f32 CPU parameter: moments updated by the fused kernel.
+    Host(Mutex<(Vec<f32>, Vec<f32>)>),
+    Device {
+        m: Tensor,
+        v: Tensor,
+    },
+}
+
+struct Slot {
+    name: String,
+    var: Var,
+    decay: bool,
+    moments: Moments,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Global gradient norm before clipping (of the averaged micro-batch gradients).
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+pub struct AdamW {
+    pub config: AdamWConfig,
+    slots: Vec<Slot>,
+    step: u64,
+}
+
+impl AdamW {
+    pub fn new(vars: &[(String, Var)], config: AdamWConfig) -> Result<Self> {
+        let slots = vars
+            .iter()
+            .map(|(name, var)| {
+                let n = var.elem_count();
+                let host = config.fused && var.device().is_cpu() && var.dtype() == DType::F32;
+                let moments = if host {
+                    Moments::Host(Mutex::new((vec![0.0; n], vec![0.0; n])))
+                } else {
+                    let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                    Moments::Device {
+                        m: zeros.clone(),
+                        v: zeros,
+                    }
+                };
+                let decay = !config.no_decay.iter().any(|p| name.contains(p.as_str()));
+                Ok(Slot {
+                    name: name.clone(),
+                    var: var.clone(),
+                    decay,
+                    moments,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            config,
+            slots,
+            step: 0,
+        })
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Names of the parameters that receive weight decay.
+    pub fn decayed(&self) -> Vec<&str> {
+        self.slots
+            .iter()
+            .filter(|s| s.decay)
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    /// Applies one update from the accumulated gradients (averaged over micro-batches), at
+    /// learning rate `lr`. A non-finite gradient norm changes nothing and is an error.
+    pub fn step(&mut self, grads: &Gradients, lr: f64) -> Result<StepStats> {
+        let micro = grads.micro_batches();
+        if micro == 0 {
+            bail!("optimizer step with no accumulated gradients");
+        }
+        let avg = 1.0 / micro as f64;
+        let mut sq = 0f64;
+        for slot in &self.slots {
+            if let Some(g) = grads.get(&slot.var) {
+                sq += g
+                    .to_dtype(DType::F32)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
+            }
+        }
+        let grad_norm = sq.sqrt() * avg;
+        if !grad_norm.is_finite() {
+            bail!("the gradient norm is {grad_norm}; the step was skipped and no weight changed");
+        }
+        let clip = match self.config.max_grad_norm {
+            Some(max) if grad_norm > max => max / (grad_norm + 1e-6),
+            _ => 1.0,
+        };
+        self.step += 1;
+        let c = &self.config;
+        let t = self.step as i32;
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(&slot.var) else {
+                continue;
+            };
+            let wd = if slot.decay { c.weight_decay } else { 0.0 };
+            let kernel = Kernel {
+                lr,
+                wd,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                bc1,
+                bc2,
+                scale: avg * clip,
+            };
+            match &mut slot.moments {
+                Moments::Host(state) => {
+                    let op = FusedAdamW { k: kernel, state };
+                    slot.var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
+                }
+                Moments::Device { m, v } => {
+                    let (pm, pv, p) = kernel.apply_tensors(slot.var.as_tensor(), g, m, v)?;
+                    *m = pm;
+                    *v = pv;
+                    slot.var.set(&p)?;
+                }
+            }
+        }
+        Ok(StepStats { grad_norm, lr })
+    }
+
+    /// Writes the moments and step count as safetensors (`exp_avg.NAME`, `exp_avg_sq.NAME`).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = Vec::new();
+        for slot in &self.slots {
+            let (m, v) = self.moments_of(slot)?;
+            tensors.push((format!("exp_avg.{}", slot.name), m));
+            tensors.push((format!("exp_avg_sq.{}", slot.name), v));
+        }
+        let meta = HashMap::from([
+            ("step".to_string(), self.step.to_string()),
+            ("config".to_string(), serde_json::to_string(&self.config)?),
+        ]);
+        safetensors::serialize_to_file(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            Some(meta),
+            path,
+        )
+        .with_context(|| format!("cannot write optimizer state {}", path.display()))
+    }
+
+    /// Restores moments and step count written by [`AdamW::save`] for the same parameters.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+        let step = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("step"))
+            .and_then(|s| s.parse::<u64>().ok())
+            .with_context(|| format!("{}: metadata `step` is missing", path.display()))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        for slot in &mut self.slots {
+            let get = |prefix: &str| -> Result<Tensor> {
+                let name = format!("{prefix}.{}", slot.name);
+                let t = tensors
+                    .get(&name)
+                    .with_context(|| format!("{}: tensor `{name}` is missing", path.display()))?;
+                if t.shape() != slot.var.shape() {
+                    bail!(
+                        "{}: tensor `{name}` has shape {:?}, expected {:?}",
+                        path.display(),
+                        t.dims(),
+                        slot.var.dims()
+                    );
+                }
+                Ok(t.to_dtype(DType::F32)?)
+            };
+            let (m, v) = (get("exp_avg")?, get("exp_avg_sq")?);
+            slot.moments = match &slot.moments {
+                Moments::Host(_) => Moments::Host(Mutex::new((
+                    m.flatten_all()?.to_vec1()?,
+                    v.flatten_all()?.to_vec1()?,
+                ))),
+                Moments::Device { .. } => Moments::Device {
+                    m: m.to_device(slot.var.device())?,
+                    v: v.to_device(slot.var.device())?,
+                },
+            };
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    fn moments_of(&self, slot: &Slot) -> Result<(Tensor, Tensor)> {
+        Ok(match &slot.moments {
+            Moments::Host(state) => {
+                let guard = state.lock().expect("optimizer state lock");
+                let shape = slot.var.shape();
+                (
+                    Tensor::from_slice(&guard.0, shape, &candle_core::Device::Cpu)?,
+                    Tensor::from_slice(&guard.1, shape, &candle_core::Device::Cpu)?,
+                )
+            }
+            Moments::Device { m, v } => (
+                m.to_device(&candle_core::Device::Cpu)?,
+                v.to_device(&candle_core::Device::Cpu)?,
+            ),
+        })
+    }
+}
+
+/// One parameter's update constants. `scale` folds micro-batch averaging and clipping into
+/// the gradient.
+#[derive(Clone, Copy)]
+struct Kernel {
+    lr: f64,
+    wd: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    bc1: f64,
+    bc2: f64,
+    scale: f64,
+}
+
+impl Kernel {
+    /// PyTorch's AdamW: `p *= 1 - lr·wd; p -= (lr/bc1) · m / (sqrt(v)/sqrt(bc2) + eps)`.
+    fn apply_tensors(
+        &self,
+        p: &Tensor,
+        g: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let g = (g.to_dtype(DType::F32)? * self.scale)?;
+        let m = ((m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
+        let v = ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+        let denom = ((v.sqrt()? / self.bc2.sqrt())? + self.eps)?;
+        let p32 = (p.to_dtype(DType::F32)? * (1.0 - self.lr * self.wd))?;
+        let p32 = (p32 - ((&m / denom)? * (self.lr / self.bc1))?)?;
+        Ok((m, v, p32.to_dtype(p.dtype())?))
+    }
+}
+
+struct FusedAdamW<'a> {
+    k: Kernel,
+    state: &'a Mutex<(Vec<f32>, Vec<f32>)>,
+}
+
+impl InplaceOp2 for FusedAdamW<'_> {
+    fn name(&self) -> &'static str {
+        "fused-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("fused-adamw needs contiguous parameter and gradient");
+        };
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
+            candle_core::bail!("fused-adamw needs f32 parameter and gradient");
+        };
+        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
+        let mut guard = self.state.lock().expect("optimizer state lock");
+        let (m, v) = &mut *guard;
+        let k = self.k;
+        let (b1, b2) = (k.beta1 as f32, k.beta2 as f32);
+        let (decay, step) = ((1.0 - k.lr * k.wd) as f32, (k.lr / k.bc1) as f32);
+        let (inv_sqrt_bc2, eps, scale) =
+            ((1.0 / k.bc2.sqrt()) as f32, k.eps as f32, k.scale as f32);
+        const CHUNK: usize = 1 << 14;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            .for_each(|((p, g), (m, v))| {
+                for i in 0..p.len() {
+                    let gi = g[i] * scale;
+                    m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                    v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                    p[i] = p[i] * decay - step * m[i] / (v[i].sqrt() * inv_sqrt_bc2 + eps);
+                }
+            });
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! Shared test helpers: tiny random Llama-family models.
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Tensor};
+use metaapo::model::config::ModelConfig;
+use metaapo::model::decoder::parameter_shapes;
+use metaapo::model::CausalLm;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+use std::collections::HashMap;
+
+pub fn tiny_config(arch: &str, tied: bool) -> ModelConfig {
+    ModelConfig::from_json(json!({
+        "architectures": [arch],
+        "vocab_size": 40, "hidden_size": 16, "intermediate_size": 24,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": tied,
+        "max_position_embeddings": 64, "eos_token_id": 2,
+    }))
+    .unwrap()
+}
+
+/// Random weights (uniform, scale 0.3; norms around 1) for `config`.
+pub fn random_tensors(config: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    parameter_shapes(config)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let norm = name.ends_with("norm.weight");
+            let v: Vec<f64> = (0..n)
+                .map(|_| {
+                    let u: f64 = rng.random_range(-1.0..1.0);
+                    if norm {
+                        1.0 + 0.2 * u
+                    } else {
+                        0.3 * u
+                    }
+                })
+                .collect();
+            (name, Tensor::from_vec(v, shape, &Device::Cpu).unwrap())
+        })
+        .collect()
+}
+
+pub fn tiny_model(arch: &str, tied: bool, dtype: DType, trainable: bool) -> CausalLm {
+    let config = tiny_config(arch, tied);
+    let tensors = random_tensors(&config, 7);
+    CausalLm::from_tensors(config, tensors, "random test weights", dtype, trainable).unwrap()
+}
+
+pub fn fixture_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
