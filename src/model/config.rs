@@ -95,6 +95,8 @@ struct RawConfig {
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f64>,
     rope_scaling: Option<Value>,
+    /// transformers >= 5 also writes theta and scaling here.
+    rope_parameters: Option<Value>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
@@ -120,13 +122,11 @@ impl ModelConfig {
     pub fn from_json(raw: Value) -> Result<Self> {
         let c: RawConfig = serde_json::from_value(raw.clone())
             .context("config is missing a required field or has a field of the wrong type")?;
-        let names: Vec<String> = c
-            .architectures
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .chain(c.model_type.clone())
-            .collect();
+        // `architectures` decides; `model_type` only when it is absent.
+        let names: Vec<String> = match &c.architectures {
+            Some(a) if !a.is_empty() => a.clone(),
+            _ => c.model_type.clone().into_iter().collect(),
+        };
         let architecture = names
             .iter()
             .find_map(|n| Architecture::from_name(n))
@@ -155,10 +155,13 @@ impl ModelConfig {
                 c.num_attention_heads
             );
         }
-        let rope_scaling = match &c.rope_scaling {
+        let rope_scaling = match c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()) {
             None | Some(Value::Null) => None,
             Some(v) => parse_rope_scaling(v)?,
         };
+        let rope_theta = c
+            .rope_theta
+            .or_else(|| c.rope_parameters.as_ref()?.get("rope_theta")?.as_f64());
         let sliding_window = match (architecture, c.use_sliding_window) {
             (Architecture::Qwen2, Some(true)) | (Architecture::Mistral, _) => c.sliding_window,
             _ => None,
@@ -184,7 +187,7 @@ impl ModelConfig {
             head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
             max_position_embeddings: c.max_position_embeddings.unwrap_or(4096),
             rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: c.rope_theta.unwrap_or(10_000.0),
+            rope_theta: rope_theta.unwrap_or(10_000.0),
             rope_scaling,
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
             attention_bias: architecture == Architecture::Qwen2

