@@ -277,7 +277,17 @@ fn bad_model_directories_name_the_file_and_tensor() {
     );
     assert!(e.contains("garbage.gguf"), "{e}");
     let _ = std::fs::remove_file(&gguf);
-    for name in ["good", "no-config", "bad-json", "arch", "missing-field", "shape", "missing-tensor", "corrupt", "no-weights"] {
+    for name in [
+        "good",
+        "no-config",
+        "bad-json",
+        "arch",
+        "missing-field",
+        "shape",
+        "missing-tensor",
+        "corrupt",
+        "no-weights",
+    ] {
         let _ = std::fs::remove_dir_all(tmp(name));
     }
 }

@@ -135,10 +135,9 @@ pub fn encode(
                     seq.prompt_len = seq.prompt_len.saturating_sub(cut).max(1);
                 }
             }
-            seq.prompt_len = seq.prompt_len.min(seq.ids.len() - 1);
         }
     }
-    if seq.response_len() == 0 {
+    if seq.prompt_len >= seq.ids.len() {
         bail!("max_length {:?} leaves no response token", cfg.max_length);
     }
     Ok(seq)
