@@ -1,0 +1,175 @@
+//! Engine benchmark: a training step (forward + backward + fused AdamW) on a batch of 4 x 256
+//! tokens, scoring throughput, and peak memory, for the SmolLM2-135M config and a ~30M config
+//! (random weights). Each config runs in its own process so peak memory is per config.
+//!
+//!   cargo bench --bench engine [-- smollm2|30m ...] [-- --steps N] [-- --device cuda]
+//!
+//! Writes target/bench/engine.json; `python3 benches/pytorch_engine.py` runs the same step in
+//! PyTorch and prints the ratio against it.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use metaapo::data::encode::EncodedSeq;
+use metaapo::model::config::ModelConfig;
+use metaapo::model::decoder::parameter_shapes;
+use metaapo::model::CausalLm;
+use metaapo::score::sequence_logps;
+use metaapo::train::grads::Gradients;
+use metaapo::train::optimizer::{AdamW, AdamWConfig};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+const BATCH: usize = 4;
+const SEQ: usize = 256;
+
+fn config(name: &str) -> Result<ModelConfig> {
+    let (hidden, inter, layers, heads, kv, theta) = match name {
+        "smollm2" => (576, 1536, 30, 9, 3, 100000.0),
+        "30m" => (256, 768, 6, 4, 2, 10000.0),
+        other => anyhow::bail!("unknown config {other}: smollm2 or 30m"),
+    };
+    ModelConfig::from_json(json!({
+        "architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "hidden_size": hidden,
+        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv, "rope_theta": theta, "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": true, "max_position_embeddings": 2048,
+    }))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn run_one(name: &str, steps: usize, device: &Device) -> Result<Value> {
+    let cfg = config(name)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let tensors = parameter_shapes(&cfg)
+        .into_iter()
+        .map(|(n, shape)| {
+            let len: usize = shape.iter().product();
+            let v: Vec<f32> = (0..len)
+                .map(|_| {
+                    if n.ends_with("norm.weight") {
+                        1.0
+                    } else {
+                        rng.random_range(-0.02..0.02)
+                    }
+                })
+                .collect();
+            Ok((n, Tensor::from_vec(v, shape, device)?))
+        })
+        .collect::<Result<_>>()?;
+    let policy = CausalLm::from_tensors(cfg, tensors, "random weights", DType::F32, true)?;
+    // Every token after the first is scored, as in a causal-LM loss.
+    let batch: Vec<EncodedSeq> = (0..BATCH)
+        .map(|_| EncodedSeq {
+            ids: (0..SEQ).map(|_| rng.random_range(3..49152)).collect(),
+            prompt_len: 1,
+        })
+        .collect();
+    let tokens = (BATCH * (SEQ - 1)) as f64;
+    let mut opt = AdamW::new(
+        policy.vars(),
+        AdamWConfig {
+            lr: 1e-5,
+            ..Default::default()
+        },
+    )?;
+    let mut train = vec![];
+    for step in 0..=steps {
+        let t = Instant::now();
+        let loss = (sequence_logps(&policy, &batch, 0)?.sum.sum_all()? / -tokens)?;
+        let mut grads = Gradients::new();
+        grads.accumulate(&loss, policy.vars())?;
+        opt.step(&grads, 1e-5)?;
+        if step > 0 {
+            train.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let frozen = policy.frozen()?;
+    let mut score = vec![];
+    for _ in 0..3 {
+        let t = Instant::now();
+        sequence_logps(&frozen, &batch, 0)?.sum.to_vec1::<f32>()?;
+        score.push(t.elapsed().as_secs_f64());
+    }
+    Ok(json!({
+        "params": policy.num_parameters(),
+        "train_step_s": median(train),
+        "score_tokens_per_s": (BATCH * SEQ) as f64 / median(score),
+        "peak_rss_mb": metaapo::memory::peak_rss_mib(),
+    }))
+}
+
+fn main() -> Result<()> {
+    metaapo::memory::keep_freed_memory();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let steps: usize = flag("--steps").map_or(Ok(3), |s| s.parse())?;
+    let device_spec = flag("--device").unwrap_or_else(|| "cpu".into());
+    let skip: Vec<String> = ["--steps", "--device"]
+        .iter()
+        .filter_map(|f| flag(f))
+        .collect();
+    let names: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--") && !skip.contains(a))
+        .map(String::as_str)
+        .collect();
+    if let [one] = names.as_slice() {
+        let device = metaapo::device::parse_device(&device_spec)?;
+        println!("{}", run_one(one, steps, &device)?);
+        return Ok(());
+    }
+    let names = if names.is_empty() {
+        vec!["30m", "smollm2"]
+    } else {
+        names
+    };
+    let exe = std::env::current_exe()?;
+    let mut configs = serde_json::Map::new();
+    println!(
+        "threads: {}  batch: {BATCH} x {SEQ}  device: {device_spec}",
+        rayon::current_num_threads()
+    );
+    for name in names {
+        let out = std::process::Command::new(&exe)
+            .args([
+                name,
+                "--steps",
+                &steps.to_string(),
+                "--device",
+                &device_spec,
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(out.stdout.trim_ascii())?;
+        println!(
+            "{name:>8}: {:>11} params  train step {:>7.3} s  scoring {:>8.0} tokens/s  peak RSS {:>7.0} MiB",
+            v["params"], v["train_step_s"].as_f64().unwrap_or(0.0),
+            v["score_tokens_per_s"].as_f64().unwrap_or(0.0), v["peak_rss_mb"].as_f64().unwrap_or(0.0)
+        );
+        configs.insert(name.to_string(), v);
+    }
+    std::fs::create_dir_all("target/bench")?;
+    std::fs::write(
+        "target/bench/engine.json",
+        serde_json::to_string_pretty(&json!({"configs": configs}))?,
+    )?;
+    println!("wrote target/bench/engine.json");
+    Ok(())
+}
