@@ -78,24 +78,6 @@ pub fn render(tok: &TextTokenizer, prompt: &Text, response: &Text) -> Result<(St
     }
 }
 
-/// Prompt tokens for generation: the templated prompt with the assistant turn opened.
-pub fn encode_prompt(
-    tok: &TextTokenizer,
-    prompt: &Text,
-    max_prompt_length: Option<usize>,
-) -> Result<Vec<u32>> {
-    let text = match prompt {
-        Text::Plain(p) => p.clone(),
-        Text::Chat(m) => tok
-            .template
-            .as_ref()
-            .context("conversational data needs a chat template, and the tokenizer has none")?
-            .render(m, true)?,
-    };
-    let ids = tok.encode(&text)?;
-    Ok(keep_last(ids, max_prompt_length))
-}
-
 fn keep_last(ids: Vec<u32>, n: Option<usize>) -> Vec<u32> {
     match n {
         Some(n) if ids.len() > n => ids[ids.len() - n..].to_vec(),

@@ -20,7 +20,12 @@ pub fn attention_bias(
     let tk = key_valid.first().map_or(0, Vec::len);
     let mut bias = vec![MASKED; b * tq * tk];
     for (row, valid) in key_valid.iter().enumerate() {
-        assert_eq!(valid.len(), tk, "every row needs the same number of keys");
+        if valid.len() != tk {
+            candle_core::bail!(
+                "attention mask row {row} has {} keys, row 0 has {tk}",
+                valid.len()
+            );
+        }
         for i in 0..tq {
             let q = query_offset + i;
             let first = window.map_or(0, |w| (q + 1).saturating_sub(w));

@@ -141,15 +141,18 @@ impl ModelConfig {
                 bail!("field `hidden_act`: only \"silu\" is supported, found {act:?}");
             }
         }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        // An explicit head_dim need not be hidden_size / heads.
+        let divides = c.num_attention_heads > 0
+            && (c.head_dim.is_some() || c.hidden_size.is_multiple_of(c.num_attention_heads));
+        if !divides {
             bail!(
-                "field `num_attention_heads` ({}) must divide `hidden_size` ({})",
+                "field `num_attention_heads` ({}) must divide `hidden_size` ({}) when `head_dim` is absent",
                 c.num_attention_heads,
                 c.hidden_size
             );
         }
         let num_key_value_heads = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
-        if num_key_value_heads == 0 || c.num_attention_heads % num_key_value_heads != 0 {
+        if num_key_value_heads == 0 || !c.num_attention_heads.is_multiple_of(num_key_value_heads) {
             bail!(
                 "field `num_key_value_heads` ({num_key_value_heads}) must divide `num_attention_heads` ({})",
                 c.num_attention_heads
