@@ -7,7 +7,7 @@
 //! Writes target/bench/engine.json; `python3 benches/pytorch_engine.py` runs the same step in
 //! PyTorch and prints the ratio against it.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use metaapo::data::encode::EncodedSeq;
 use metaapo::model::config::ModelConfig;
@@ -105,27 +105,16 @@ fn run_one(name: &str, steps: usize, device: &Device) -> Result<Value> {
 
 fn main() -> Result<()> {
     metaapo::memory::keep_freed_memory();
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let steps: usize = flag("--steps").map_or(Ok(3), |s| s.parse())?;
-    let device_spec = flag("--device").unwrap_or_else(|| "cpu".into());
-    let skip: Vec<String> = ["--steps", "--device"]
-        .iter()
-        .filter_map(|f| flag(f))
-        .collect();
-    let names: Vec<&str> = args
-        .iter()
-        .filter(|a| !a.starts_with("--") && !skip.contains(a))
-        .map(String::as_str)
-        .collect();
+    let (mut steps, mut device_spec, mut names) = (3usize, "cpu".to_string(), Vec::new());
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--steps" => steps = args.next().context("--steps needs a number")?.parse()?,
+            "--device" => device_spec = args.next().context("--device needs a value")?,
+            _ => names.push(arg),
+        }
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     if let [one] = names.as_slice() {
         let device = metaapo::device::parse_device(&device_spec)?;
         println!("{}", run_one(one, steps, &device)?);

@@ -37,6 +37,16 @@ impl TextTokenizer {
         let inner: tokenizers::Tokenizer = tokenizer_json
             .parse()
             .map_err(|e| anyhow!("invalid tokenizer.json: {e}"))?;
+        Self::with_specials(inner, eos_token, bos_token, pad_token, chat_template)
+    }
+
+    fn with_specials(
+        inner: tokenizers::Tokenizer,
+        eos_token: &str,
+        bos_token: Option<&str>,
+        pad_token: Option<&str>,
+        chat_template: Option<&str>,
+    ) -> Result<Self> {
         let id = |tok: &str, field: &str| {
             inner
                 .token_to_id(tok)
@@ -72,10 +82,10 @@ impl TextTokenizer {
                 .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?,
             Err(_) => json!({}),
         };
-        let probe: tokenizers::Tokenizer = tok_json
+        let inner: tokenizers::Tokenizer = tok_json
             .parse()
             .map_err(|e| anyhow!("{} is not a valid tokenizer: {e}", tok_path.display()))?;
-        let by_id = |id: Option<u32>| id.and_then(|i| probe.id_to_token(i));
+        let by_id = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i));
         let eos = token_string(cfg.get("eos_token"))
             .or_else(|| by_id(config.eos_token_ids.first().copied()))
             .with_context(|| {
@@ -99,8 +109,8 @@ impl TextTokenizer {
                 cfg_path.display()
             ),
         };
-        Self::from_parts(
-            &tok_json,
+        Self::with_specials(
+            inner,
             &eos,
             bos.as_deref(),
             pad.as_deref(),

@@ -1,4 +1,4 @@
-use super::{mean, reduce, sigmoid, values, LossOutput, Metrics};
+use super::{mean, reduce, scalar, sigmoid, values, LossOutput, Metrics};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -77,8 +77,8 @@ pub fn kto(
             .collect()
     };
     let metrics = Metrics::from([
-        ("loss".into(), values(&loss.unsqueeze(0)?)?[0]),
-        ("kl".into(), values(&z0.unsqueeze(0)?)?[0]),
+        ("loss".into(), scalar(&loss)?),
+        ("kl".into(), scalar(&z0)?),
         ("rewards/chosen".into(), mean(&pick(&rewards, true))),
         ("rewards/rejected".into(), mean(&pick(&rewards, false))),
         (

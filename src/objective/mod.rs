@@ -49,6 +49,10 @@ fn reduce(per_example: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
 fn values(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?)
 }

@@ -1,4 +1,4 @@
-use super::{log_sigmoid, mean, reduce, values, LossOutput, Metrics};
+use super::{log_sigmoid, mean, reduce, scalar, values, LossOutput, Metrics};
 use crate::score::PairLogps;
 use anyhow::Result;
 use candle_core::Tensor;
@@ -78,12 +78,7 @@ fn reward_metrics(
         .map(|m| f64::from(u8::from(*m > 0.0)))
         .collect();
     Ok(Metrics::from([
-        (
-            "loss".into(),
-            loss.detach()
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?,
-        ),
+        ("loss".into(), scalar(loss)?),
         ("rewards/chosen".into(), mean(&c)),
         ("rewards/rejected".into(), mean(&r)),
         ("rewards/margins".into(), mean(&margins)),
@@ -186,7 +181,7 @@ pub fn selm(
     let per = (base.per_example + optimism)?;
     let loss = reduce(&per, weights)?;
     let mut metrics = base.metrics;
-    metrics.insert("loss".into(), values(&loss.unsqueeze(0)?)?[0]);
+    metrics.insert("loss".into(), scalar(&loss)?);
     Ok(LossOutput {
         loss,
         per_example: per,
