@@ -6,12 +6,16 @@ pub mod atomic;
 pub mod data;
 pub mod device;
 pub mod fetch;
+pub mod generate;
+pub mod host;
 pub mod kernels;
 pub mod memory;
 pub mod model;
 pub mod objective;
+pub mod report;
 pub mod score;
 pub mod train;
+pub mod world;
 
 use anyhow::Result;
 use candle_core::{DType, Device};

@@ -1,7 +1,14 @@
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use metaapo::{device::parse_dtype, fetch, load_pretrained, model::hf};
-use std::path::PathBuf;
+use metaapo::device::{parse_device, parse_dtype};
+use metaapo::host::repl::Repl;
+use metaapo::host::resolver::find_script;
+use metaapo::host::run::{Run, RunOptions, INTERRUPTED};
+use metaapo::host::{Host, FAMILIES};
+use metaapo::{fetch, load_pretrained, model::hf};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +23,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a script: a local file, or a bundled one by name (e.g. `dpo`).
+    Script {
+        file: String,
+        /// Override a parameter of the script's `params(#{...})`: key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Run directory (default runs/<script>-<time>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Compile a script and its imports and report errors, running nothing.
+    Check { files: Vec<String> },
+    /// List every script function with its signature and a one-line doc.
+    Api {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Interactive session; optionally load a script first.
+    Repl {
+        file: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Convert a GGUF file (or HF directory) into a HF directory (config, safetensors, tokenizer).
     Convert {
         input: PathBuf,
@@ -31,8 +68,132 @@ enum Command {
     },
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn options(name: &str, seed: u64, device: &str, set: &[String]) -> Result<RunOptions> {
+    let overrides = set
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let stem = Path::new(name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "run".into());
+    Ok(RunOptions {
+        name: stem,
+        out: None,
+        seed,
+        device: parse_device(device)?,
+        overrides,
+    })
+}
+
+/// Runs a script; exit code 0, 1 (error) or 130 (interrupted).
+fn script(file: &str, opts: RunOptions) -> Result<ExitCode> {
+    let (name, text) = find_script(file)?;
+    let run = Run::new(opts);
+    let host = Host::new(run.clone());
+    ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    let mut result = host.run_script(&name, &text);
+    if result.is_ok() && !run.options.overrides.is_empty() && !run.params_read.get() {
+        result = Err(format!(
+            "error: --set was given, but {name} never calls params(), so nothing reads it"
+        ));
+    }
+    let status = match (
+        &result,
+        INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed),
+    ) {
+        (Ok(()), _) => "completed",
+        (Err(_), true) => "interrupted",
+        (Err(_), false) => "failed",
+    };
+    if let Some(table) = run.finish(status)? {
+        println!("{table}");
+    }
+    Ok(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(if status == "interrupted" { 130 } else { 1 })
+        }
+    })
+}
+
+fn quiet_host() -> Result<Host> {
+    Ok(Host::new(Run::new(options("check", 0, "cpu", &[])?)))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Script {
+            file,
+            set,
+            out,
+            seed,
+            device,
+        } => {
+            let mut opts = options(&file, seed, &device, &set)?;
+            opts.out = out;
+            return script(&file, opts);
+        }
+        Command::Check { files } => {
+            if files.is_empty() {
+                bail!("check: name at least one script");
+            }
+            let host = quiet_host()?;
+            let mut failed = false;
+            for file in &files {
+                let (name, text) = find_script(file)?;
+                match host.check(&name, &text) {
+                    Ok(()) => println!("{name}: ok"),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            return Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        Command::Api { json } => {
+            let host = quiet_host()?;
+            let text = if json {
+                serde_json::to_string_pretty(&host.docs)?
+            } else {
+                let mut text = String::new();
+                for family in FAMILIES {
+                    text += &format!("## {family}\n");
+                    for d in host.docs.iter().filter(|d| d.family == family) {
+                        text += &format!("  {}{}\n      {}\n", d.name, d.signature, d.doc);
+                    }
+                }
+                text
+            };
+            // A closed pipe (`metaapo api | head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{}", text.trim_end());
+        }
+        Command::Repl { file, seed, device } => {
+            let run = Run::new(options("repl", seed, &device, &[])?);
+            ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
+                .context("installing the Ctrl-C handler")?;
+            let mut repl = Repl::new(Host::new(run.clone()));
+            if let Some(f) = file {
+                if let Some(out) = repl.handle(&format!(":load {f}")) {
+                    println!("{out}");
+                }
+            }
+            repl.run()?;
+            if let Some(table) = run.finish("completed")? {
+                println!("{table}");
+            }
+        }
         Command::Convert {
             input,
             output,
@@ -50,16 +211,19 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Fetch { name } => match name.as_str() {
             "smollm2" => println!("{}", fetch::ensure(&fetch::SMOLLM2)?.display()),
-            other => anyhow::bail!("unknown model {other:?}: available: smollm2"),
+            other => bail!("unknown model {other:?}: available: smollm2"),
         },
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-fn main() {
+fn main() -> ExitCode {
     metaapo::memory::keep_freed_memory();
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod decoder;
 pub mod gguf;
 pub mod hf;
+pub mod init;
 pub mod template;
 pub mod tokenizer;
 

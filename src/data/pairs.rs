@@ -1,0 +1,105 @@
+//! Preference pairs and prompt sets, in memory and from TRL-layout JSONL/JSON files: `prompt`,
+//! `chosen`, `rejected`, each plain text or a list of `{role, content}` messages.
+
+use super::encode::Text;
+use crate::model::template::Message;
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub prompt: Text,
+    pub chosen: Text,
+    pub rejected: Text,
+}
+
+impl Text {
+    /// Plain text as is; a conversation as `role: content` lines (for logs and summaries).
+    pub fn display(&self) -> String {
+        match self {
+            Text::Plain(s) => s.clone(),
+            Text::Chat(m) => m
+                .iter()
+                .map(|m| format!("{}: {}", m.role, m.content))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+fn text_field(v: &Value, field: &str) -> Result<Text> {
+    match v.get(field) {
+        Some(Value::String(s)) => Ok(Text::Plain(s.clone())),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let role = m.get("role").and_then(Value::as_str);
+                let content = m.get("content").and_then(Value::as_str);
+                match (role, content) {
+                    (Some(r), Some(c)) => Ok(Message::new(r, c)),
+                    _ => bail!("`{field}[{i}]` needs string fields `role` and `content`"),
+                }
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Text::Chat),
+        Some(_) => bail!("`{field}` must be a string or a list of {{role, content}} messages"),
+        None => bail!("missing field `{field}`"),
+    }
+}
+
+/// Records of a `.jsonl` file (one object per line, blank lines skipped) or a `.json` array,
+/// each with the 1-based line it starts on (0 for a JSON array).
+fn records(path: &Path) -> Result<Vec<(usize, Value)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", path.display()))?;
+        let Value::Array(items) = v else {
+            bail!("{}: expected a JSON array of records", path.display());
+        };
+        return Ok(items.into_iter().map(|v| (0, v)).collect());
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map(|v| (i + 1, v))
+                .with_context(|| format!("{}:{}: invalid JSON", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn at(path: &Path, line: usize, index: usize) -> String {
+    if line > 0 {
+        format!("{}:{line}", path.display())
+    } else {
+        format!("{} record {index}", path.display())
+    }
+}
+
+pub fn load_pairs(path: &Path) -> Result<Vec<Pair>> {
+    records(path)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, (line, v))| {
+            let field = |f| text_field(&v, f).with_context(|| at(path, line, i));
+            Ok(Pair {
+                prompt: field("prompt")?,
+                chosen: field("chosen")?,
+                rejected: field("rejected")?,
+            })
+        })
+        .collect()
+}
+
+pub fn load_prompts(path: &Path) -> Result<Vec<Text>> {
+    records(path)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, (line, v))| text_field(&v, "prompt").with_context(|| at(path, line, i)))
+        .collect()
+}

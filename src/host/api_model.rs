@@ -1,0 +1,136 @@
+//! model: policies as scripts hold them: a decoder with its tokenizer and encoding rules.
+//! `load_policy` reads HF directories and GGUF files; `frozen()` makes a reference copy that
+//! shares nothing mutable and caches its log-probs per sequence.
+
+use super::registry::{error, fail, Family, Res};
+use super::run::Run;
+use crate::data::encode::EncodeConfig;
+use crate::model::tokenizer::TextTokenizer;
+use crate::model::{hf, CausalLm};
+use crate::{fetch, load_pretrained};
+use candle_core::DType;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// An encoded sequence: token ids and prompt length.
+pub type SeqKey = (Vec<u32>, usize);
+
+pub struct PolicyInner {
+    pub model: CausalLm,
+    pub tokenizer: TextTokenizer,
+    pub encode: EncodeConfig,
+    pub name: String,
+    /// Summed and mean response log-prob per encoded sequence, for frozen models only.
+    pub cache: RefCell<HashMap<SeqKey, (f64, f64)>>,
+}
+
+#[derive(Clone)]
+pub struct Policy(pub Rc<PolicyInner>);
+
+impl Policy {
+    pub fn new(model: CausalLm, tokenizer: TextTokenizer, name: &str) -> Self {
+        Self(Rc::new(PolicyInner {
+            model,
+            tokenizer,
+            encode: EncodeConfig::default(),
+            name: name.to_string(),
+            cache: RefCell::new(HashMap::new()),
+        }))
+    }
+
+    pub fn frozen(&self) -> anyhow::Result<Self> {
+        Ok(Self::new(
+            self.0.model.frozen()?,
+            self.0.tokenizer.clone(),
+            &format!("{} (frozen)", self.0.name),
+        ))
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = &self.0.model;
+        write!(
+            f,
+            "Policy({}: {} layers, {} parameters, {})",
+            self.0.name,
+            m.config.num_hidden_layers,
+            m.num_parameters(),
+            if m.is_trainable() {
+                "trainable"
+            } else {
+                "frozen"
+            }
+        )
+    }
+}
+
+/// A relative path inside the run directory.
+pub fn in_run(run: &Run, path: &str) -> anyhow::Result<PathBuf> {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    Ok(run.report()?.dir().join(p))
+}
+
+pub fn register(api: &mut Family, run: &Rc<Run>) {
+    api.ty::<Policy>("Policy");
+    api.engine()
+        .register_fn("to_string", |p: &mut Policy| p.to_string())
+        .register_fn("to_debug", |p: &mut Policy| p.to_string());
+    let r = run.clone();
+    api.func(
+        "load_policy",
+        "(path: String) -> Policy",
+        "A trainable policy from a HF directory or .gguf file (\"smollm2\" fetches SmolLM2-135M).",
+        move |path: &str| -> Res<Policy> {
+            let file = if path == "smollm2" {
+                fetch::ensure(&fetch::SMOLLM2).map_err(fail("load_policy"))?
+            } else {
+                PathBuf::from(path)
+            };
+            let (model, tok) = load_pretrained(&file, &r.options.device, DType::F32, true)
+                .map_err(fail("load_policy"))?;
+            let tok = tok.ok_or_else(|| {
+                error(format!(
+                    "load_policy: {path} has no tokenizer (tokenizer.json)"
+                ))
+            })?;
+            Ok(Policy::new(model, tok, path))
+        },
+    );
+    api.func(
+        "frozen",
+        "(policy: Policy) -> Policy",
+        "A frozen reference copy: shares nothing with the policy; log-probs cached per sequence.",
+        |p: &mut Policy| p.frozen().map_err(fail("frozen")),
+    );
+    let r = run.clone();
+    api.func(
+        "save",
+        "(policy: Policy, dir: String) -> String",
+        "Saves a HF directory (atomically); a relative dir is inside the run directory. Returns the path.",
+        move |p: &mut Policy, dir: &str| -> Res<String> {
+            let path = in_run(&r, dir).map_err(fail("save"))?;
+            hf::save(&path, &p.0.model, Some(&p.0.tokenizer)).map_err(fail("save"))?;
+            Ok(path.display().to_string())
+        },
+    );
+    api.getter(
+        "Policy",
+        "parameters",
+        "int",
+        "Number of parameters.",
+        |p: &mut Policy| p.0.model.num_parameters() as i64,
+    );
+    api.getter(
+        "Policy",
+        "trainable",
+        "bool",
+        "Whether the optimizer can train it (false for frozen copies).",
+        |p: &mut Policy| p.0.model.is_trainable(),
+    );
+}

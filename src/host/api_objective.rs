@@ -1,0 +1,139 @@
+//! objective: the built-in preference losses over a `score(...)` map. Each accepts per-pair
+//! `weights` (a tensor or an array; the loss is sum(w·l)/N) and returns `#{ loss, losses,
+//! metrics }`: the scalar loss, the per-pair losses and TRL-named metrics for `log`.
+
+use super::api_tensor::Tensor;
+use super::opts::{number, Opts};
+use super::registry::{error, fail, Family, Res};
+use crate::objective::{self, DpoConfig, LossOutput, SimpoConfig};
+use crate::score::{PairLogps, SeqLogps};
+use rhai::{Array, Dynamic, Map};
+
+fn tensor(s: &Map, key: &str, what: &str) -> Res<candle_core::Tensor> {
+    s.get(key)
+        .and_then(|v| v.clone().try_cast::<Tensor>())
+        .map(|t| t.0)
+        .ok_or_else(|| {
+            error(format!(
+                "{what}: the scores map has no tensor `{key}` (pass the result of score())"
+            ))
+        })
+}
+
+fn pair(s: &Map, prefix: &str, what: &str) -> Res<PairLogps> {
+    let seq = |side: &str| -> Res<SeqLogps> {
+        Ok(SeqLogps {
+            sum: tensor(s, &format!("{prefix}{side}"), what)?,
+            mean: tensor(s, &format!("{prefix}{side}_mean"), what)?,
+            lengths: vec![],
+        })
+    };
+    Ok(PairLogps {
+        chosen: seq("chosen")?,
+        rejected: seq("rejected")?,
+    })
+}
+
+fn weights(o: &Opts) -> Res<Option<candle_core::Tensor>> {
+    match o.get("weights") {
+        None => Ok(None),
+        Some(v) if v.is_unit() => Ok(None),
+        Some(v) => {
+            if let Some(t) = v.clone().try_cast::<Tensor>() {
+                return Ok(Some(t.0));
+            }
+            let arr = v
+                .read_lock::<Array>()
+                .ok_or_else(|| error("`weights` must be a tensor or an array of numbers"))?;
+            let vals = arr
+                .iter()
+                .map(|x| number(x).ok_or_else(|| error("`weights` must hold numbers")))
+                .collect::<Res<Vec<f64>>>()?;
+            Tensor::from_values(&vals, &candle_core::Device::Cpu)
+                .map(|t| Some(t.0))
+                .map_err(fail("weights"))
+        }
+    }
+}
+
+fn output(out: LossOutput) -> Res<Map> {
+    let mut m = Map::new();
+    m.insert("loss".into(), Dynamic::from(Tensor(out.loss)));
+    m.insert("losses".into(), Dynamic::from(Tensor(out.per_example)));
+    let metrics: Map = out
+        .metrics
+        .into_iter()
+        .map(|(k, v)| (k.into(), Dynamic::from_float(v)))
+        .collect();
+    m.insert("metrics".into(), metrics.into());
+    Ok(m)
+}
+
+/// Moves weights to the scores' device.
+fn on_device(
+    w: Option<candle_core::Tensor>,
+    like: &candle_core::Tensor,
+) -> Res<Option<candle_core::Tensor>> {
+    w.map(|w| {
+        w.to_device(like.device())
+            .map_err(|e| fail("weights")(e.into()))
+    })
+    .transpose()
+}
+
+fn pairwise(name: &'static str, s: &Map, opts: &Map) -> Res<Map> {
+    let what = format!("{name} options");
+    let o = Opts::new(&what, opts);
+    let w = weights(&o)?;
+    let out = match name {
+        "dpo" | "cdpo" => {
+            let cfg = DpoConfig {
+                beta: o.f64("beta", 0.1)?,
+                label_smoothing: o.f64("label_smoothing", 0.0)?,
+                rpo_alpha: o.opt_f64("rpo_alpha")?,
+            };
+            o.finish()?;
+            let pol = pair(s, "", name)?;
+            let w = on_device(w, &pol.chosen.sum)?;
+            objective::dpo(&pol, &pair(s, "ref_", name)?, &cfg, w.as_ref())
+        }
+        "ipo" => {
+            let beta = o.f64("beta", 0.1)?;
+            o.finish()?;
+            let pol = pair(s, "", name)?;
+            let w = on_device(w, &pol.chosen.sum)?;
+            objective::ipo(&pol, &pair(s, "ref_", name)?, beta, w.as_ref())
+        }
+        _ => {
+            let cfg = SimpoConfig {
+                beta: o.f64("beta", 2.5)?,
+                gamma: o.f64("gamma", 0.6)?,
+            };
+            o.finish()?;
+            let pol = pair(s, "", name)?;
+            let w = on_device(w, &pol.chosen.sum)?;
+            objective::simpo(&pol, &cfg, w.as_ref())
+        }
+    };
+    output(out.map_err(fail(name))?)
+}
+
+pub fn register(api: &mut Family) {
+    let docs: [(&'static str, &str); 4] = [
+        ("dpo", "DPO -log σ(βΔ); options beta (0.1), label_smoothing (cDPO ε), rpo_alpha, weights."),
+        ("cdpo", "Conservative DPO: dpo with label_smoothing ε (options beta, label_smoothing, weights)."),
+        ("ipo", "IPO (Δ - 1/(2β))²; options beta (0.1), weights."),
+        ("simpo", "SimPO on mean log-probs, no reference; options beta (2.5), gamma (0.6), weights."),
+    ];
+    for (name, doc) in docs {
+        api.func(
+            name,
+            "(scores: Map, options: Map) -> Map",
+            doc,
+            move |s: Map, o: Map| pairwise(name, &s, &o),
+        );
+        api.func(name, "(scores: Map) -> Map", doc, move |s: Map| {
+            pairwise(name, &s, &Map::new())
+        });
+    }
+}

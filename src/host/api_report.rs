@@ -1,0 +1,122 @@
+//! report: `log(map)` appends a step to metrics.jsonl and moves the progress bar;
+//! `progress(total)` starts one; `summary(map)` adds to summary.json; `table(rows)` prints.
+
+use super::api_tensor::Tensor;
+use super::registry::{fail, Family, Res};
+use super::run::Run;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use rhai::{Array, Dynamic, Map};
+use serde_json::Value;
+use std::rc::Rc;
+
+/// A script value as JSON; a one-element tensor becomes its number, a larger one an array.
+pub fn to_json(v: &Dynamic) -> Value {
+    if let Ok(i) = v.as_int() {
+        return i.into();
+    }
+    if let Ok(f) = v.as_float() {
+        return serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number);
+    }
+    if let Ok(b) = v.as_bool() {
+        return b.into();
+    }
+    if v.is_string() {
+        return v.to_string().into();
+    }
+    if let Some(t) = v.clone().try_cast::<Tensor>() {
+        return match t.values() {
+            Ok(vals) if vals.len() == 1 => to_json(&Dynamic::from_float(vals[0])),
+            Ok(vals) => vals
+                .into_iter()
+                .map(|x| to_json(&Dynamic::from_float(x)))
+                .collect(),
+            Err(_) => Value::Null,
+        };
+    }
+    if let Some(a) = v.read_lock::<Array>() {
+        return a.iter().map(to_json).collect();
+    }
+    if let Some(m) = v.read_lock::<Map>() {
+        return Value::Object(map_to_json(&m));
+    }
+    if v.is_unit() {
+        return Value::Null;
+    }
+    v.to_string().into()
+}
+
+pub fn map_to_json(m: &Map) -> serde_json::Map<String, Value> {
+    m.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect()
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn register(api: &mut Family, run: &Rc<Run>) {
+    let r = run.clone();
+    api.func(
+        "log",
+        "(metrics: Map) -> ()",
+        "Appends one step to metrics.jsonl (TRL names: loss, rewards/margins, ...) and advances the progress bar.",
+        move |m: Map| -> Res<()> {
+            let mut rep = r.report().map_err(fail("log"))?;
+            rep.log(map_to_json(&m)).map_err(fail("log"))
+        },
+    );
+    let r = run.clone();
+    api.func(
+        "progress",
+        "(total: int, label: String) -> ()",
+        "Shows a progress bar over the next `total` log calls.",
+        move |total: i64, label: &str| -> Res<()> {
+            r.report()
+                .map_err(fail("progress"))?
+                .progress(total.max(0) as u64, label);
+            Ok(())
+        },
+    );
+    let r = run.clone();
+    api.func(
+        "summary",
+        "(values: Map) -> ()",
+        "Adds values to summary.json (written when the run ends).",
+        move |m: Map| -> Res<()> {
+            r.report()
+                .map_err(fail("summary"))?
+                .set_summary(map_to_json(&m));
+            Ok(())
+        },
+    );
+    let r = run.clone();
+    api.func(
+        "table",
+        "(rows: Array) -> String",
+        "Prints maps as a table (one row each, columns from the first) and returns it.",
+        move |rows: Array| -> String {
+            let rows: Vec<serde_json::Map<String, Value>> = rows
+                .iter()
+                .filter_map(|v| v.read_lock::<Map>().map(|m| map_to_json(&m)))
+                .collect();
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED);
+            if let Some(first) = rows.first() {
+                let cols: Vec<String> = first.keys().cloned().collect();
+                table.set_header(cols.clone());
+                for row in &rows {
+                    table.add_row(
+                        cols.iter()
+                            .map(|c| row.get(c).map(cell).unwrap_or_default()),
+                    );
+                }
+            }
+            let text = table.to_string();
+            r.print(&text);
+            text
+        },
+    );
+}

@@ -1,0 +1,81 @@
+//! Script errors as a user wants to read them: `file:line:col`, the source line and a caret
+//! under the column, then the chain of calls and imports that led there.
+
+use super::resolver::Sources;
+use rhai::{EvalAltResult, Position};
+
+/// Renders `err`, raised while running the source named `main`.
+pub fn render(err: &EvalAltResult, main: &str, sources: &Sources) -> String {
+    let mut frames = vec![];
+    let mut file = main.to_string();
+    let mut e = err;
+    loop {
+        match e {
+            EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
+                frames.push((file.clone(), *pos, format!("in a call to `{name}`")));
+                if !src.is_empty() {
+                    file = src.clone();
+                }
+                e = inner;
+            }
+            EvalAltResult::ErrorInModule(name, inner, pos) => {
+                frames.push((file.clone(), *pos, format!("importing `{name}`")));
+                file = name.clone();
+                e = inner;
+            }
+            _ => break,
+        }
+    }
+    let mut out = format!("error: {}", message(e));
+    out += &location(&file, e.position(), sources);
+    for (file, pos, what) in frames.iter().rev() {
+        out += &format!("\n  {what}, at {}", at(file, *pos));
+    }
+    out
+}
+
+fn message(e: &EvalAltResult) -> String {
+    match e {
+        EvalAltResult::ErrorRuntime(d, _) if d.is_string() => d.to_string(),
+        EvalAltResult::ErrorTerminated(..) => "interrupted".to_string(),
+        // Display appends " (line L, position C)", which the location line already shows.
+        other => {
+            let text = other.to_string();
+            match text.rfind(" (line ") {
+                Some(i) if text.ends_with(')') => text[..i].to_string(),
+                _ => text,
+            }
+        }
+    }
+}
+
+fn at(file: &str, pos: Position) -> String {
+    match (pos.line(), pos.position()) {
+        (Some(l), Some(c)) => format!("{file}:{l}:{c}"),
+        (Some(l), None) => format!("{file}:{l}"),
+        _ => file.to_string(),
+    }
+}
+
+/// `  --> file:line:col`, the line, and a caret under the column.
+fn location(file: &str, pos: Position, sources: &Sources) -> String {
+    let mut out = format!("\n  --> {}", at(file, pos));
+    let (Some(line), Some(text)) = (pos.line(), sources.get(file)) else {
+        return out;
+    };
+    let Some(src) = text.lines().nth(line - 1) else {
+        return out;
+    };
+    let gutter = line.to_string().len();
+    let col = pos.position().unwrap_or(1).max(1);
+    let pad: String = src
+        .chars()
+        .take(col - 1)
+        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .collect();
+    out += &format!(
+        "\n{:gutter$} |\n{line} | {src}\n{:gutter$} | {pad}^",
+        "", ""
+    );
+    out
+}

@@ -1,0 +1,146 @@
+//! The script host: one Rhai engine with every API family registered (each from its own
+//! `api_*` file), the module resolver for `import`, print/debug routed to the run log, and
+//! Ctrl-C turned into a clean stop.
+
+pub mod api_data;
+pub mod api_generate;
+pub mod api_model;
+pub mod api_objective;
+pub mod api_report;
+pub mod api_run;
+pub mod api_score;
+pub mod api_tensor;
+pub mod api_train;
+pub mod api_world;
+pub mod errors;
+pub mod opts;
+pub mod registry;
+pub mod repl;
+pub mod resolver;
+pub mod run;
+
+use registry::{Family, FnDoc};
+use resolver::{Resolver, Sources};
+use rhai::{Dynamic, Engine, Scope, AST};
+use run::{interrupted, Run};
+use std::rc::Rc;
+
+pub struct Host {
+    pub engine: Engine,
+    pub docs: Vec<FnDoc>,
+    pub run: Rc<Run>,
+    pub sources: Sources,
+}
+
+/// The API families, in the order `metaapo api` lists them.
+pub const FAMILIES: [&str; 10] = [
+    "model",
+    "data",
+    "score",
+    "generate",
+    "objective",
+    "tensor",
+    "train",
+    "report",
+    "run",
+    "world",
+];
+
+/// How the REPL shows a value: host types by their description, a tensor with its histogram.
+pub fn describe(v: &Dynamic) -> String {
+    if let Some(t) = v.clone().try_cast::<api_tensor::Tensor>() {
+        return t.summary();
+    }
+    if let Some(p) = v.clone().try_cast::<api_model::Policy>() {
+        return p.to_string();
+    }
+    if let Some(p) = v.clone().try_cast::<api_data::Pairs>() {
+        return p.to_string();
+    }
+    if let Some(w) = v.clone().try_cast::<api_world::WorldHandle>() {
+        return w.to_string();
+    }
+    if let Some(o) = v.clone().try_cast::<api_train::Optimizer>() {
+        return o.to_string();
+    }
+    if v.is_string() {
+        return format!("{:?}", v.to_string());
+    }
+    v.to_string()
+}
+
+impl Host {
+    pub fn new(run: Rc<Run>) -> Self {
+        let mut engine = Engine::new();
+        engine.set_strict_variables(true);
+        engine.set_max_call_levels(256);
+        let sources = Sources::default();
+        engine.set_module_resolver(Resolver::new(sources.clone()));
+        let r = run.clone();
+        engine.on_print(move |s| r.print(s));
+        let r = run.clone();
+        engine.on_debug(move |s, src, pos| {
+            let at = match (src, pos.line()) {
+                (Some(src), Some(l)) => format!("{src}:{l}: "),
+                (None, Some(l)) => format!("line {l}: "),
+                _ => String::new(),
+            };
+            r.print(&format!("[debug] {at}{s}"));
+        });
+        engine.on_progress(|_| interrupted().then(|| Dynamic::from("interrupted")));
+        let mut docs = Vec::new();
+        for family in FAMILIES {
+            let mut api = Family::new(&mut engine, &mut docs, family);
+            match family {
+                "model" => api_model::register(&mut api, &run),
+                "data" => api_data::register(&mut api),
+                "score" => api_score::register(&mut api),
+                "generate" => api_generate::register(&mut api),
+                "objective" => api_objective::register(&mut api),
+                "tensor" => api_tensor::register(&mut api),
+                "train" => api_train::register(&mut api, &run),
+                "report" => api_report::register(&mut api, &run),
+                "run" => api_run::register(&mut api, &run),
+                "world" => api_world::register(&mut api, &run),
+                _ => unreachable!("every family has a registration"),
+            }
+        }
+        Self {
+            engine,
+            docs,
+            run,
+            sources,
+        }
+    }
+
+    /// Compiles a script named `name`; an error is rendered with file, line, column and caret.
+    pub fn compile(&self, name: &str, text: &str, scope: &Scope) -> Result<AST, String> {
+        self.sources.add(name, text);
+        self.sources.set_main(name);
+        let mut ast = self
+            .engine
+            .compile_with_scope(scope, text)
+            .map_err(|e| errors::render(&e.into(), name, &self.sources))?;
+        ast.set_source(name);
+        Ok(ast)
+    }
+
+    /// Compiles a script and every module it imports, running nothing.
+    pub fn check(&self, name: &str, text: &str) -> Result<(), String> {
+        self.sources.add(name, text);
+        self.sources.set_main(name);
+        self.engine
+            .compile_into_self_contained(&Scope::new(), text)
+            .map(|_| ())
+            .map_err(|e| errors::render(&e, name, &self.sources))
+    }
+
+    /// Runs a script to the end; errors come back rendered.
+    pub fn run_script(&self, name: &str, text: &str) -> Result<(), String> {
+        let mut scope = Scope::new();
+        let ast = self.compile(name, text, &scope)?;
+        self.engine
+            .run_ast_with_scope(&mut scope, &ast)
+            .map_err(|e| errors::render(&e, name, &self.sources))
+    }
+}

@@ -1,0 +1,257 @@
+//! The REPL: one persistent scope (variables and functions survive between inputs), multi-line
+//! input while brackets are open, history, tab completion of API names and variables, `:help`,
+//! `:load`, `:vars`. An error is printed with a caret and the session goes on.
+
+use super::Host;
+use crate::fetch::cache_dir;
+use rhai::{Dynamic, Scope, AST};
+use rustyline::completion::{Completer, Pair};
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::history::DefaultHistory;
+use rustyline::validate::Validator;
+use rustyline::{Context, Editor, Helper};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+struct Completion {
+    words: Rc<RefCell<Vec<String>>>,
+}
+
+impl Completer for Completion {
+    type Candidate = Pair;
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let start = line[..pos]
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .map_or(0, |i| i + 1);
+        let prefix = &line[start..pos];
+        let mut hits: Vec<Pair> = self
+            .words
+            .borrow()
+            .iter()
+            .filter(|w| w.starts_with(prefix) && !prefix.is_empty())
+            .map(|w| Pair {
+                display: w.clone(),
+                replacement: w.clone(),
+            })
+            .collect();
+        hits.dedup_by(|a, b| a.display == b.display);
+        Ok((start, hits))
+    }
+}
+
+impl Hinter for Completion {
+    type Hint = String;
+}
+impl Highlighter for Completion {}
+impl Validator for Completion {}
+impl Helper for Completion {}
+
+/// Net count of open brackets outside string literals and comments.
+fn open_brackets(text: &str) -> i64 {
+    let mut depth = 0;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '`' => {
+                while let Some(d) = chars.next() {
+                    if d == '\\' {
+                        chars.next();
+                    } else if d == c {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    depth
+}
+
+pub struct Repl {
+    host: Host,
+    scope: Scope<'static>,
+    /// Functions defined so far; each input is merged in so they stay callable.
+    functions: AST,
+    words: Rc<RefCell<Vec<String>>>,
+    inputs: usize,
+}
+
+impl Repl {
+    pub fn new(host: Host) -> Self {
+        let mut words: Vec<String> = host.docs.iter().map(|d| d.name.clone()).collect();
+        words.sort();
+        words.dedup();
+        Self {
+            host,
+            scope: Scope::new(),
+            functions: AST::empty(),
+            words: Rc::new(RefCell::new(words)),
+            inputs: 0,
+        }
+    }
+
+    /// Evaluates one input; returns what to print.
+    pub fn eval(&mut self, name: &str, text: &str) -> String {
+        let ast = match self.host.compile(name, text, &self.scope) {
+            Ok(a) => a,
+            Err(e) => return e,
+        };
+        self.functions = self.functions.merge(&ast);
+        let mut program = self.functions.clone();
+        program.clear_statements();
+        program += ast;
+        super::run::INTERRUPTED.store(false, std::sync::atomic::Ordering::Relaxed);
+        let out = self
+            .host
+            .engine
+            .eval_ast_with_scope::<Dynamic>(&mut self.scope, &program);
+        self.functions.clear_statements();
+        let mut words = self.words.borrow_mut();
+        for (var, _, _) in self.scope.iter() {
+            if !words.iter().any(|w| w == var) {
+                words.push(var.to_string());
+            }
+        }
+        match out {
+            Ok(v) if v.is_unit() => String::new(),
+            Ok(v) => super::describe(&v),
+            Err(e) => super::errors::render(&e, name, &self.host.sources),
+        }
+    }
+
+    fn help(&self, topic: &str) -> String {
+        if topic.is_empty() {
+            let mut out = String::from(
+                "Commands: :help [name]  :load FILE  :vars  :quit\n\
+                 Input continues over lines while brackets are open. Functions by family:\n",
+            );
+            for family in super::FAMILIES {
+                let names: Vec<&str> = self
+                    .host
+                    .docs
+                    .iter()
+                    .filter(|d| d.family == family)
+                    .map(|d| d.name.as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                out += &format!("  {family:9} {}\n", names.join(" "));
+            }
+            return out;
+        }
+        let hits: Vec<String> = self
+            .host
+            .docs
+            .iter()
+            .filter(|d| d.name == topic || d.name.ends_with(&format!(".{topic}")))
+            .map(|d| format!("{}{}\n    {}", d.name, d.signature, d.doc))
+            .collect();
+        if hits.is_empty() {
+            format!("no function named {topic:?}; :help lists them all")
+        } else {
+            hits.join("\n")
+        }
+    }
+
+    fn vars(&self) -> String {
+        self.scope
+            .iter()
+            .map(|(name, _, v)| {
+                let text = super::describe(&v);
+                let first = text.lines().next().unwrap_or("");
+                format!(
+                    "{name}: {} = {first}",
+                    self.host.engine.map_type_name(v.type_name())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Handles one complete input (a command or code).
+    pub fn handle(&mut self, input: &str) -> Option<String> {
+        let line = input.trim();
+        if let Some(cmd) = line.strip_prefix(':') {
+            let (cmd, arg) = cmd.split_once(' ').unwrap_or((cmd, ""));
+            return match cmd {
+                "quit" | "q" | "exit" => None,
+                "help" | "h" => Some(self.help(arg.trim())),
+                "vars" => Some(self.vars()),
+                "load" => Some(match super::resolver::find_script(arg.trim()) {
+                    Ok((name, text)) => self.eval(&name, &text),
+                    Err(e) => format!("error: {e:#}"),
+                }),
+                other => Some(format!("unknown command :{other}; try :help")),
+            };
+        }
+        if line.is_empty() {
+            return Some(String::new());
+        }
+        self.inputs += 1;
+        let name = format!("<repl:{}>", self.inputs);
+        Some(self.eval(&name, input))
+    }
+
+    /// Reads inputs until end of input or `:quit`.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let mut editor: Editor<Completion, DefaultHistory> = Editor::new()?;
+        editor.set_helper(Some(Completion {
+            words: self.words.clone(),
+        }));
+        let history = cache_dir().ok().map(|d| d.join("repl_history.txt"));
+        if let Some(h) = &history {
+            let _ = editor.load_history(h);
+        }
+        println!("metaapo REPL: :help lists the API, :quit leaves (Ctrl-D too).");
+        let mut buffer = String::new();
+        loop {
+            let prompt = if buffer.is_empty() {
+                "metaapo> "
+            } else {
+                "   ...> "
+            };
+            match editor.readline(prompt) {
+                Ok(line) => {
+                    buffer.push_str(&line);
+                    buffer.push('\n');
+                    if open_brackets(&buffer) > 0 {
+                        continue;
+                    }
+                    let input = std::mem::take(&mut buffer);
+                    let _ = editor.add_history_entry(input.trim_end());
+                    match self.handle(&input) {
+                        None => break,
+                        Some(out) if out.is_empty() => {}
+                        Some(out) => println!("{out}"),
+                    }
+                }
+                Err(ReadlineError::Interrupted) => buffer.clear(),
+                Err(ReadlineError::Eof) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(h) = &history {
+            if let Some(dir) = h.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = editor.save_history(h);
+        }
+        Ok(())
+    }
+}

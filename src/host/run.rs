@@ -1,0 +1,92 @@
+//! What a script run shares across the API families: its options (seed, device, `--set`
+//! overrides), its random stream, its report (opened on first use, so `check` and `api` never
+//! create a run directory), and the worlds built so far.
+
+use crate::report::Report;
+use crate::world::World;
+use anyhow::Result;
+use candle_core::Device;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::cell::{Cell, RefCell, RefMut};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by Ctrl-C; a running script stops at its next operation.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The script's name without extension: names the run directory.
+    pub name: String,
+    pub out: Option<PathBuf>,
+    pub seed: u64,
+    pub device: Device,
+    /// `--set key=value`, in order.
+    pub overrides: Vec<(String, String)>,
+}
+
+pub struct Run {
+    pub options: RunOptions,
+    report: RefCell<Option<Report>>,
+    pub rng: RefCell<ChaCha8Rng>,
+    /// Whether the script called `params`, which consumes the overrides.
+    pub params_read: Cell<bool>,
+    pub worlds: RefCell<HashMap<String, Rc<World>>>,
+}
+
+impl Run {
+    pub fn new(options: RunOptions) -> Rc<Self> {
+        Rc::new(Self {
+            rng: RefCell::new(ChaCha8Rng::seed_from_u64(options.seed)),
+            options,
+            report: RefCell::new(None),
+            params_read: Cell::new(false),
+            worlds: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The run's report, creating `runs/<name>-<time>/` (or `--out`) on first use.
+    pub fn report(&self) -> Result<RefMut<'_, Report>> {
+        let mut slot = self.report.borrow_mut();
+        if slot.is_none() {
+            let dir = match &self.options.out {
+                Some(d) => d.clone(),
+                None => PathBuf::from("runs").join(format!(
+                    "{}-{}",
+                    self.options.name,
+                    chrono::Local::now().format("%Y%m%d-%H%M%S")
+                )),
+            };
+            *slot = Some(Report::open(&dir)?);
+        }
+        Ok(RefMut::map(slot, |r| r.as_mut().expect("opened above")))
+    }
+
+    /// Whether a report (and run directory) exists yet.
+    pub fn has_report(&self) -> bool {
+        self.report.borrow().is_some()
+    }
+
+    /// Prints to the terminal, and to `run.log` once the run has a directory.
+    pub fn print(&self, line: &str) {
+        match self.report.borrow_mut().as_mut() {
+            Some(r) => r.print(line),
+            None => println!("{line}"),
+        }
+    }
+
+    /// Ends the run: writes `summary.json` and returns the summary table (None without a report).
+    pub fn finish(&self, status: &str) -> Result<Option<String>> {
+        match self.report.borrow_mut().as_mut() {
+            Some(r) => r.finish(status).map(Some),
+            None => Ok(None),
+        }
+    }
+}

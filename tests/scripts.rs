@@ -1,0 +1,287 @@
+//! The script host end to end, through the `metaapo` binary: every bundled script in reduced
+//! mode, the REPL over standard input, `check`, `--set` and `api`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn metaapo(cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_metaapo"));
+    c.env("METAAPO_CACHE", cache);
+    c
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("metaapo-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+#[test]
+fn every_bundled_script_runs_in_reduced_mode() {
+    let dir = scratch("scripts");
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&scripts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 2,
+        "expected bundled scripts in {}",
+        scripts.display()
+    );
+    for script in names {
+        let stem = script.file_stem().unwrap().to_string_lossy().to_string();
+        let out = dir.join(&stem);
+        let o = metaapo(&dir.join("cache"))
+            .args([
+                "script",
+                script.to_str().unwrap(),
+                "--set",
+                "world=tiny",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{stem} failed:\n{stdout}\n{stderr}");
+        for file in ["metrics.jsonl", "params.json", "summary.json", "run.log"] {
+            assert!(out.join(file).is_file(), "{stem}: no {file}");
+        }
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["status"], "completed", "{stem}");
+        let params: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("params.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            params["params"]["world"], "tiny",
+            "{stem}: --set not applied"
+        );
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        for line in metrics.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(
+                v["step"].is_u64(),
+                "{stem}: a metrics line without step: {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dpo_logs_trl_metrics_every_step() {
+    let dir = scratch("dpo");
+    let out = dir.join("run");
+    let o = metaapo(&dir.join("cache"))
+        .args([
+            "script",
+            "dpo",
+            "--set",
+            "world=tiny",
+            "--set",
+            "batch=16",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Evaluation, 128 pairs / 16 = 8 steps, evaluation.
+    assert_eq!(lines.len(), 10);
+    for step in &lines[1..9] {
+        for key in [
+            "loss",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+            "grad_norm",
+            "learning_rate",
+        ] {
+            assert!(step[key].is_number(), "missing {key} in {step}");
+        }
+    }
+    for key in ["eval/gold_reward", "eval/success", "eval/win_rate"] {
+        assert!(lines[0][key].is_number() && lines[9][key].is_number());
+    }
+    // The run starts from the warm-up policy, so its first win rate is exactly a tie.
+    assert_eq!(lines[0]["eval/win_rate"], 0.5);
+}
+
+#[test]
+fn repl_keeps_going_after_an_error() {
+    let dir = scratch("repl");
+    let mut child = metaapo(&dir)
+        .arg("repl")
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = "let xs = [1,\n  2,\n  3];\nfn twice(x) {\n  x * 2\n}\nnot_a_function(1)\n\
+                 twice(xs.len())\nlet t = tensor([1.0, 2.0, 4.0]);\nt * 2\n:vars\n:help score\n";
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("not_a_function"), "{stdout}");
+    assert!(stdout.contains("<repl:3>:1:1"), "error location: {stdout}");
+    assert!(
+        stdout.lines().any(|l| l.trim() == "6"),
+        "twice(3) after the error: {stdout}"
+    );
+    assert!(
+        stdout.contains("Tensor[3] F32 mean 4.6667"),
+        "tensor summary: {stdout}"
+    );
+    assert!(stdout.contains("xs: "), ":vars: {stdout}");
+    assert!(
+        stdout.contains("score(policy: Policy"),
+        ":help score: {stdout}"
+    );
+}
+
+#[test]
+fn check_reports_line_and_column_in_the_script_and_its_imports() {
+    let dir = scratch("check");
+    std::fs::write(dir.join("broken.rhai"), "let a = 1;\nlet b = (a + ;\n").unwrap();
+    let o = metaapo(&dir)
+        .arg("check")
+        .arg(dir.join("broken.rhai"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(stderr.contains("broken.rhai:2:14"), "{stderr}");
+    assert!(stderr.contains("2 | let b = (a + ;"), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.trim_end().ends_with('^')),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        dir.join("helper.rhai"),
+        "fn ok() { 1 }\n\nfn bad() { let = 2; }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("main.rhai"), "import \"helper\" as h;\nh::ok();\n").unwrap();
+    let o = metaapo(&dir)
+        .arg("check")
+        .arg(dir.join("main.rhai"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(stderr.contains("helper.rhai:3:16"), "{stderr}");
+    assert!(stderr.contains("importing"), "{stderr}");
+
+    let o = metaapo(&dir)
+        .args(["check", "dpo", "custom_loss"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+}
+
+#[test]
+fn host_errors_name_the_function_and_position() {
+    let dir = scratch("hosterr");
+    std::fs::write(
+        dir.join("w.rhai"),
+        "let x = 1;\nlet w = world(\"nowhere\");\n",
+    )
+    .unwrap();
+    let o = metaapo(&dir)
+        .args(["script"])
+        .arg(dir.join("w.rhai"))
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr.contains("world: unknown world \"nowhere\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("w.rhai:2:9"), "{stderr}");
+}
+
+#[test]
+fn unknown_set_key_lists_the_known_ones() {
+    let dir = scratch("set");
+    let o = metaapo(&dir)
+        .args(["script", "dpo", "--set", "betta=0.2", "--out"])
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(stderr.contains("unknown parameter `betta`"), "{stderr}");
+    assert!(
+        stderr.contains("batch, beta, epochs, lr, max_pairs, seed, world"),
+        "{stderr}"
+    );
+
+    let o = metaapo(&dir)
+        .args(["script", "dpo", "--set", "batch=many", "--out"])
+        .arg(dir.join("run2"))
+        .output()
+        .unwrap();
+    assert!(text(&o).1.contains("--set batch=many: expected an integer"));
+}
+
+#[test]
+fn api_lists_every_family_with_docs() {
+    let o = metaapo(Path::new("/nonexistent"))
+        .args(["api", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    for family in metaapo::host::FAMILIES {
+        let n = docs.iter().filter(|d| d["family"] == family).count();
+        assert!(n > 0, "family {family} has no functions");
+    }
+    for name in [
+        "score",
+        "dpo",
+        "optimizer",
+        "log",
+        "params",
+        "world",
+        "evaluate",
+        "log_sigmoid",
+    ] {
+        assert!(
+            docs.iter().any(|d| d["name"] == name),
+            "{name} is not listed"
+        );
+    }
+    assert!(docs.iter().all(|d| !d["doc"].as_str().unwrap().is_empty()));
+}
