@@ -2,13 +2,18 @@
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A temporary name next to `path`, unique to this process and call, so concurrent writers
+/// (threads included) never share one.
 fn sibling(path: &Path, tag: &str) -> Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .with_context(|| format!("{} has no file name", path.display()))?;
     let mut s = name.to_os_string();
-    s.push(format!(".{tag}-{}", std::process::id()));
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    s.push(format!(".{tag}-{}-{n}", std::process::id()));
     Ok(path.with_file_name(s))
 }
 

@@ -190,11 +190,18 @@ impl World {
                 config.seed,
                 &mut |step, loss| progress(step, total, loss),
             )?;
-            hf::save(&dir, &model, Some(&tokenizer))?;
-            crate::atomic::write_file(
-                &dir.join("world.json"),
-                serde_json::to_string_pretty(&config)?.as_bytes(),
-            )?;
+            let saved = crate::atomic::write_dir(&dir, |tmp| {
+                hf::write_into(tmp, &model, Some(&tokenizer))?;
+                std::fs::write(
+                    tmp.join("world.json"),
+                    serde_json::to_string_pretty(&config)?,
+                )?;
+                Ok(())
+            });
+            // A concurrent run that built the same world first is as good as our own copy.
+            if saved.is_err() && !dir.join(hf::WEIGHTS).exists() {
+                saved?;
+            }
             hf::load(&dir, device, DType::F32, false)?.0
         };
         let pairs = offline_pairs(&config, &train);

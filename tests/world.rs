@@ -1,0 +1,171 @@
+//! The built-in default world: its task and rewards by hand, its tokenizer, determinism, and
+//! sampling.
+
+use candle_core::Device;
+use metaapo::data::encode::Text;
+use metaapo::generate::{generate, SampleConfig};
+use metaapo::world::task::{annotator_reward, gold_reward, split, Problem, Teacher};
+use metaapo::world::{vocab, World, WorldConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+#[test]
+fn gold_reward_by_hand() {
+    let p = Problem { a: 47, b: 38 };
+    assert_eq!(p.prompt(), "47+38=");
+    assert!(p.carries());
+    assert_eq!(gold_reward(&p, "85"), 1.0);
+    // The forgotten carry, 10 away: 0.5 * (1 - 10/20).
+    assert_eq!(gold_reward(&p, "75"), 0.25);
+    assert_eq!(gold_reward(&p, "84"), 0.5 * (1.0 - 1.0 / 20.0));
+    assert_eq!(gold_reward(&p, "185"), 0.0);
+    for junk in ["", "085", "8 5", "+85", "eighty"] {
+        assert_eq!(gold_reward(&p, junk), 0.0, "{junk:?}");
+    }
+    assert_eq!(Problem::parse("47+38="), Some(p));
+    assert_eq!(Problem::parse("47+38"), None);
+}
+
+#[test]
+fn annotator_is_a_fixed_noisy_proxy() {
+    let p = Problem { a: 12, b: 30 };
+    let a = annotator_reward(&p, "42", 0.25, 0);
+    assert_eq!(
+        a,
+        annotator_reward(&p, "42", 0.25, 0),
+        "same text, same score"
+    );
+    assert_ne!(a, annotator_reward(&p, "42", 0.25, 1));
+    assert_eq!(annotator_reward(&p, "42", 0.0, 0), 1.0);
+    // Over many texts the noise has the configured scale.
+    let errs: Vec<f64> = (0..2000)
+        .map(|i| {
+            let q = Problem {
+                a: i % 100,
+                b: i / 100,
+            };
+            annotator_reward(&q, "7", 0.25, 0) - gold_reward(&q, "7")
+        })
+        .collect();
+    let sd = (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt();
+    assert!((sd - 0.25).abs() < 0.02, "noise sd {sd}");
+}
+
+#[test]
+fn teachers_make_their_mistakes_at_their_rates() {
+    let t = Teacher {
+        forget_carry: 0.6,
+        off_by_one: 0.0,
+        off_by_ten: 0.0,
+        swap_digits: 0.0,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let p = Problem { a: 47, b: 38 };
+    let wrong = (0..4000).filter(|_| t.answer(&p, &mut rng) == "75").count();
+    assert!((wrong as f64 / 4000.0 - 0.6).abs() < 0.03);
+    let no_carry = Problem { a: 41, b: 38 };
+    assert!((0..100).all(|_| t.answer(&no_carry, &mut rng) == "79"));
+}
+
+#[test]
+fn split_is_disjoint_and_seeded() {
+    let (train, eval) = split(2, 500, 0);
+    assert_eq!((train.len(), eval.len()), (9500, 500));
+    let held: std::collections::HashSet<_> = eval.iter().collect();
+    assert!(train.iter().all(|p| !held.contains(p)));
+    assert_eq!(split(2, 500, 0).1, eval);
+    assert_ne!(split(2, 500, 1).1, eval);
+}
+
+#[test]
+fn tokenizer_is_one_token_per_character() {
+    let tok = vocab::tokenizer().unwrap();
+    let ids = tok.encode("47+38=85").unwrap();
+    assert_eq!(ids.len(), 8);
+    assert_eq!(tok.decode(&ids, true).unwrap(), "47+38=85");
+    assert_eq!(tok.vocab_size(), vocab::size());
+    // A character outside the vocabulary is <unk>, not silently dropped.
+    let unk = tok.token_to_id(vocab::UNK).unwrap();
+    assert_eq!(tok.encode("4*5").unwrap()[1], unk);
+}
+
+fn tiny() -> World {
+    let dir = std::env::temp_dir().join(format!("metaapo-world-{}", std::process::id()));
+    std::env::set_var("METAAPO_CACHE", &dir);
+    World::build(
+        WorldConfig::preset("tiny").unwrap(),
+        &Device::Cpu,
+        &mut |_, _, _| Ok(()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn world_is_deterministic_and_cached() {
+    let a = tiny();
+    let b = tiny(); // loaded from the cache this time
+    assert_eq!(a.pairs, b.pairs);
+    assert_eq!(a.eval, b.eval);
+    let (pa, pb) = (a.policy(false).unwrap(), b.policy(false).unwrap());
+    assert_eq!(a.evaluate(&pa).unwrap(), b.evaluate(&pb).unwrap());
+    let e = a.evaluate(&pa).unwrap();
+    assert_eq!(e.win_rate, 0.5, "the warm-up policy ties with itself");
+    assert_eq!(a.pairs.len(), 128);
+    // Label noise: some pairs prefer the worse answer by the gold reward, most do not.
+    let flipped = a
+        .pairs
+        .iter()
+        .filter(|p| {
+            let (Text::Plain(x), Text::Plain(c), Text::Plain(r)) =
+                (&p.prompt, &p.chosen, &p.rejected)
+            else {
+                panic!("plain text")
+            };
+            a.gold(x, c).unwrap() < a.gold(x, r).unwrap()
+        })
+        .count();
+    assert!(
+        flipped > 5 && flipped < 60,
+        "{flipped} of 128 pairs flipped"
+    );
+}
+
+#[test]
+fn sampling_is_seeded_and_greedy_matches_top_k_1() {
+    let w = tiny();
+    let model = w.policy(false).unwrap();
+    let tok = &w.tokenizer;
+    let prompts: Vec<Vec<u32>> = ["12+30=", "7+8=", "99+99="]
+        .iter()
+        .map(|p| tok.encode(p).unwrap())
+        .collect();
+    let run = |cfg: &SampleConfig| {
+        generate(&model, &prompts, &[tok.eos_token_id], tok.pad_token_id, cfg).unwrap()
+    };
+    let sampled = SampleConfig {
+        n: 4,
+        max_new_tokens: 5,
+        seed: 9,
+        ..SampleConfig::default()
+    };
+    let a = run(&sampled);
+    assert_eq!(a.len(), 12);
+    assert_eq!(a, run(&sampled));
+    assert_eq!(
+        a.iter().map(|s| s.prompt).collect::<Vec<_>>(),
+        [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    );
+    assert!(a.iter().all(|s| s.tokens.len() <= 5));
+    let greedy = run(&SampleConfig {
+        temperature: 0.0,
+        max_new_tokens: 5,
+        ..SampleConfig::default()
+    });
+    let top1 = run(&SampleConfig {
+        top_k: 1,
+        max_new_tokens: 5,
+        seed: 3,
+        ..SampleConfig::default()
+    });
+    assert_eq!(greedy, top1);
+}
