@@ -169,7 +169,8 @@ fn repl_keeps_going_after_an_error() {
         .spawn()
         .unwrap();
     let input = "let xs = [1,\n  2,\n  3];\nfn twice(x) {\n  x * 2\n}\nnot_a_function(1)\n\
-                 twice(xs.len())\nlet t = tensor([1.0, 2.0, 4.0]);\nt * 2\n:vars\n:help score\n";
+                 twice(xs.len())\nlet t = tensor([1.0, 2.0, 4.0]);\nt * 2\n:vars\n:help score\n\
+                 import \"report\" as r;\nr::round(1.23456)\n";
     child
         .stdin
         .take()

@@ -128,10 +128,37 @@ impl Repl {
                 words.push(var.to_string());
             }
         }
+        drop(words);
+        if out.is_ok() {
+            self.keep_imports(text);
+        }
         match out {
             Ok(v) if v.is_unit() => String::new(),
             Ok(v) => super::describe(&v),
             Err(e) => super::errors::render(&e, name, &self.host.sources),
+        }
+    }
+
+    /// An `import "x" as m;` lasts for one evaluation only; re-register each as a static module
+    /// so later inputs can call `m::f()`.
+    fn keep_imports(&mut self, text: &str) {
+        for stmt in text.split(';') {
+            let Some(rest) = stmt.trim().strip_prefix("import ") else {
+                continue;
+            };
+            let Some((path, alias)) = rest.split_once(" as ") else {
+                continue;
+            };
+            let (path, alias) = (path.trim().trim_matches('"'), alias.trim());
+            let engine = &self.host.engine;
+            if let Ok(module) =
+                engine
+                    .module_resolver()
+                    .resolve(engine, None, path, rhai::Position::NONE)
+            {
+                self.host.engine.register_static_module(alias, module);
+                self.words.borrow_mut().push(format!("{alias}::"));
+            }
         }
     }
 
