@@ -3,7 +3,7 @@ use clap::{Parser, Subcommand};
 use metaapo::device::{parse_device, parse_dtype};
 use metaapo::host::repl::Repl;
 use metaapo::host::resolver::find_script;
-use metaapo::host::run::{Run, RunOptions, INTERRUPTED};
+use metaapo::host::run::{catch_ctrl_c, interrupted, Run, RunOptions};
 use metaapo::host::{Host, FAMILIES};
 use metaapo::{fetch, load_pretrained, model::hf};
 use std::io::Write;
@@ -95,18 +95,14 @@ fn script(file: &str, opts: RunOptions) -> Result<ExitCode> {
     let (name, text) = find_script(file)?;
     let run = Run::new(opts);
     let host = Host::new(run.clone());
-    ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
-        .context("installing the Ctrl-C handler")?;
+    catch_ctrl_c()?;
     let mut result = host.run_script(&name, &text);
     if result.is_ok() && !run.options.overrides.is_empty() && !run.params_read.get() {
         result = Err(format!(
             "error: --set was given, but {name} never calls params(), so nothing reads it"
         ));
     }
-    let status = match (
-        &result,
-        INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed),
-    ) {
+    let status = match (&result, interrupted()) {
         (Ok(()), _) => "completed",
         (Err(_), true) => "interrupted",
         (Err(_), false) => "failed",
@@ -181,8 +177,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Repl { file, seed, device } => {
             let run = Run::new(options("repl", seed, &device, &[])?);
-            ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
-                .context("installing the Ctrl-C handler")?;
+            catch_ctrl_c()?;
             let mut repl = Repl::new(Host::new(run.clone()));
             if let Some(f) = file {
                 if let Some(out) = repl.handle(&format!(":load {f}")) {

@@ -112,16 +112,13 @@ impl Repl {
             Ok(a) => a,
             Err(e) => return e,
         };
-        self.functions = self.functions.merge(&ast);
-        let mut program = self.functions.clone();
-        program.clear_statements();
-        program += ast;
+        let program = self.functions.merge(&ast);
         super::run::INTERRUPTED.store(false, std::sync::atomic::Ordering::Relaxed);
         let out = self
             .host
             .engine
             .eval_ast_with_scope::<Dynamic>(&mut self.scope, &program);
-        self.functions.clear_statements();
+        self.functions = program.clone_functions_only();
         let mut words = self.words.borrow_mut();
         for (var, _, _) in self.scope.iter() {
             if !words.iter().any(|w| w == var) {

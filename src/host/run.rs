@@ -21,6 +21,12 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
+/// Makes Ctrl-C set [`INTERRUPTED`] instead of killing the process.
+pub fn catch_ctrl_c() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed))
+        .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))
+}
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// The script's name without extension: names the run directory.
@@ -67,11 +73,6 @@ impl Run {
             *slot = Some(Report::open(&dir)?);
         }
         Ok(RefMut::map(slot, |r| r.as_mut().expect("opened above")))
-    }
-
-    /// Whether a report (and run directory) exists yet.
-    pub fn has_report(&self) -> bool {
-        self.report.borrow().is_some()
     }
 
     /// Prints to the terminal, and to `run.log` once the run has a directory.
