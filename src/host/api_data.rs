@@ -90,8 +90,6 @@ fn bounds(n: usize, a: i64, b: i64) -> Res<(usize, usize)> {
 pub fn register(api: &mut Family) {
     api.ty::<Pairs>("Pairs");
     api.engine()
-        .register_fn("to_string", |p: &mut Pairs| p.to_string())
-        .register_fn("to_debug", |p: &mut Pairs| p.to_string())
         .register_fn("+", |a: Pairs, b: Pairs| {
             Pairs::new(a.0.iter().chain(b.0.iter()).cloned().collect())
         })

@@ -78,9 +78,6 @@ pub fn in_run(run: &Run, path: &str) -> anyhow::Result<PathBuf> {
 
 pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.ty::<Policy>("Policy");
-    api.engine()
-        .register_fn("to_string", |p: &mut Policy| p.to_string())
-        .register_fn("to_debug", |p: &mut Policy| p.to_string());
     let r = run.clone();
     api.func(
         "load_policy",

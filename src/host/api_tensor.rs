@@ -39,6 +39,12 @@ fn unary(
     f(&t.0).map(Tensor).map_err(fail(name))
 }
 
+impl std::fmt::Display for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary())
+    }
+}
+
 impl Tensor {
     pub fn values(&self) -> anyhow::Result<Vec<f64>> {
         Ok(self
@@ -129,8 +135,6 @@ pub fn register(api: &mut Family) {
         |a: Tensor, x: f64| unary(&a, "/", |t| Ok((t.recip()? * x)?))
     );
     e.register_fn("-", |a: Tensor| unary(&a, "-", |t| Ok(t.neg()?)));
-    e.register_fn("to_string", |t: &mut Tensor| t.summary());
-    e.register_fn("to_debug", |t: &mut Tensor| t.summary());
 
     api.func(
         "tensor",

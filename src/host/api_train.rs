@@ -124,9 +124,6 @@ fn step(opt: &Optimizer, loss: &Tensor) -> Res<Map> {
 
 pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.ty::<Optimizer>("Optimizer");
-    api.engine()
-        .register_fn("to_string", |o: &mut Optimizer| o.to_string())
-        .register_fn("to_debug", |o: &mut Optimizer| o.to_string());
     api.func(
         "optimizer",
         "(policy: Policy, options: Map) -> Optimizer",

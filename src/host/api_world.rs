@@ -62,9 +62,6 @@ fn strings(texts: Vec<crate::data::encode::Text>) -> Array {
 
 pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.ty::<WorldHandle>("World");
-    api.engine()
-        .register_fn("to_string", |w: &mut WorldHandle| w.to_string())
-        .register_fn("to_debug", |w: &mut WorldHandle| w.to_string());
     let r = run.clone();
     api.func(
         "world",

@@ -5,6 +5,7 @@
 use rhai::{Dynamic, Engine, EvalAltResult, Position, RhaiNativeFunc};
 use serde::Serialize;
 use std::any::Any;
+use std::fmt::Display;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FnDoc {
@@ -82,9 +83,13 @@ impl<'a> Family<'a> {
         self
     }
 
-    /// Registers a script-visible type under `name`.
-    pub fn ty<T: Any + Clone>(&mut self, name: &str) -> &mut Self {
-        self.engine.register_type_with_name::<T>(name);
+    /// Registers a script-visible type under `name`; `print`, `debug` and string interpolation
+    /// show it through its `Display`.
+    pub fn ty<T: Any + Clone + Display>(&mut self, name: &str) -> &mut Self {
+        self.engine
+            .register_type_with_name::<T>(name)
+            .register_fn("to_string", |v: &mut T| v.to_string())
+            .register_fn("to_debug", |v: &mut T| v.to_string());
         self
     }
 
