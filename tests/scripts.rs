@@ -93,6 +93,44 @@ fn every_bundled_script_runs_in_reduced_mode() {
 }
 
 #[test]
+fn api_tour_checks_every_other_function() {
+    let dir = scratch("tour");
+    let pairs = dir.join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        "{\"prompt\": \"1+1=\", \"chosen\": \"2\", \"rejected\": \"3\"}\n\n\
+         {\"prompt\": \"2+3=\", \"chosen\": \"5\", \"rejected\": \"6\"}\n",
+    )
+    .unwrap();
+    let out = dir.join("run");
+    let tour = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/api_tour.rhai");
+    let set = |k: &str| format!("{k}={}", pairs.display());
+    let o = script(
+        &dir,
+        &out,
+        &[
+            tour.to_str().unwrap(),
+            "--set",
+            &set("pairs_file"),
+            "--set",
+            &set("prompts_file"),
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let ckpt = out.join("checkpoints/step1");
+    assert!(ckpt.join(metaapo::train::checkpoint::OPTIMIZER).is_file());
+    assert!(ckpt
+        .join(metaapo::train::checkpoint::TRAINER_STATE)
+        .is_file());
+    assert!(out
+        .join("final")
+        .join(metaapo::model::hf::WEIGHTS)
+        .is_file());
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains("\"tour\": \"done\""), "{summary}");
+}
+
+#[test]
 fn dpo_logs_trl_metrics_every_step() {
     let dir = scratch("dpo");
     let out = dir.join("run");
