@@ -7,12 +7,11 @@
 //! Writes target/bench/engine.json; `python3 benches/pytorch_engine.py` runs the same step in
 //! PyTorch and prints the ratio against it.
 
+mod common;
+
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use metaapo::data::encode::EncodedSeq;
-use metaapo::model::config::ModelConfig;
-use metaapo::model::decoder::parameter_shapes;
-use metaapo::model::CausalLm;
 use metaapo::score::sequence_logps;
 use metaapo::train::grads::Gradients;
 use metaapo::train::optimizer::{AdamW, AdamWConfig};
@@ -23,45 +22,9 @@ use std::time::Instant;
 const BATCH: usize = 4;
 const SEQ: usize = 256;
 
-fn config(name: &str) -> Result<ModelConfig> {
-    let (hidden, inter, layers, heads, kv, theta) = match name {
-        "smollm2" => (576, 1536, 30, 9, 3, 100000.0),
-        "30m" => (256, 768, 6, 4, 2, 10000.0),
-        other => anyhow::bail!("unknown config {other}: smollm2 or 30m"),
-    };
-    ModelConfig::from_json(json!({
-        "architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "hidden_size": hidden,
-        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "num_key_value_heads": kv, "rope_theta": theta, "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": true, "max_position_embeddings": 2048,
-    }))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn run_one(name: &str, steps: usize, device: &Device) -> Result<Value> {
-    let cfg = config(name)?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let tensors = parameter_shapes(&cfg)
-        .into_iter()
-        .map(|(n, shape)| {
-            let len: usize = shape.iter().product();
-            let v: Vec<f32> = (0..len)
-                .map(|_| {
-                    if n.ends_with("norm.weight") {
-                        1.0
-                    } else {
-                        rng.random_range(-0.02..0.02)
-                    }
-                })
-                .collect();
-            Ok((n, Tensor::from_vec(v, shape, device)?))
-        })
-        .collect::<Result<_>>()?;
-    let policy = CausalLm::from_tensors(cfg, tensors, "random weights", DType::F32, true)?;
+    let policy = common::random_model(name, device, true)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     // Every token after the first is scored, as in a causal-LM loss.
     let batch: Vec<EncodedSeq> = (0..BATCH)
         .map(|_| EncodedSeq {
@@ -97,8 +60,8 @@ fn run_one(name: &str, steps: usize, device: &Device) -> Result<Value> {
     }
     Ok(json!({
         "params": policy.num_parameters(),
-        "train_step_s": median(train),
-        "score_tokens_per_s": (BATCH * SEQ) as f64 / median(score),
+        "train_step_s": common::median(train),
+        "score_tokens_per_s": (BATCH * SEQ) as f64 / common::median(score),
         "peak_rss_mb": metaapo::memory::peak_rss_mib(),
     }))
 }

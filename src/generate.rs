@@ -1,9 +1,11 @@
 //! Sampling from a policy: batched, left-padded prompts decoded with a KV cache. Greedy when the
-//! temperature is 0; otherwise temperature, top-k and top-p (nucleus) sampling from a seeded RNG,
-//! so the same seed gives the same samples.
+//! temperature is 0; otherwise temperature, top-k and top-p (nucleus) sampling. Every row (prompt
+//! x sample) draws from its own seeded stream, so the same seed gives the same samples whatever
+//! the batch size.
 
 use crate::data::batch::{collate, Padding};
 use crate::model::decoder::{DecoderInput, KvCache};
+use crate::model::tokenizer::TextTokenizer;
 use crate::model::CausalLm;
 use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor};
@@ -39,12 +41,50 @@ impl Default for SampleConfig {
     }
 }
 
-/// One sampled continuation; the stop token itself is not included.
+/// When a row stops: on any of `tokens` (not kept in the output), or once its decoded text
+/// contains any of `strings` (the token that completes the string is kept; [`cut_at_stop`] trims
+/// the text). Stop strings need the tokenizer.
+#[derive(Clone, Copy, Default)]
+pub struct Stop<'a> {
+    pub tokens: &'a [u32],
+    pub strings: &'a [String],
+    pub tokenizer: Option<&'a TextTokenizer>,
+}
+
+impl<'a> Stop<'a> {
+    pub fn tokens(tokens: &'a [u32]) -> Self {
+        Self {
+            tokens,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the end of `tokens` completes a stop string. Only the last few tokens are decoded:
+    /// every token adds at least one byte, so a string of L bytes spans at most L tokens.
+    fn hit_string(&self, tokens: &[u32]) -> Result<bool> {
+        let (Some(tok), false) = (self.tokenizer, self.strings.is_empty()) else {
+            return Ok(false);
+        };
+        let window = self.strings.iter().map(String::len).max().unwrap_or(0) + 1;
+        let tail = tok.decode(&tokens[tokens.len().saturating_sub(window)..], false)?;
+        Ok(self.strings.iter().any(|s| tail.contains(s.as_str())))
+    }
+}
+
+/// `text` up to the first occurrence of any stop string, and whether one occurred.
+pub fn cut_at_stop(text: &str, strings: &[String]) -> (String, bool) {
+    match strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+        Some(i) => (text[..i].to_string(), true),
+        None => (text.to_string(), false),
+    }
+}
+
+/// One sampled continuation; a stop token is not included.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub prompt: usize,
     pub tokens: Vec<u32>,
-    /// Whether a stop token ended it (rather than `max_new_tokens`).
+    /// Whether a stop token or string ended it (rather than `max_new_tokens`).
     pub finished: bool,
 }
 
@@ -52,7 +92,7 @@ pub struct Sample {
 pub fn generate(
     model: &CausalLm,
     prompts: &[Vec<u32>],
-    stop: &[u32],
+    stop: &Stop,
     pad_id: u32,
     cfg: &SampleConfig,
 ) -> Result<Vec<Sample>> {
@@ -70,14 +110,23 @@ pub fn generate(
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         bail!("generate: prompt {i} has no tokens");
     }
+    if !stop.strings.is_empty() && stop.tokenizer.is_none() {
+        bail!("generate: stop strings need a tokenizer");
+    }
     let rows: Vec<usize> = (0..prompts.len())
         .flat_map(|p| std::iter::repeat_n(p, cfg.n))
         .collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(cfg.batch_size) {
+    for (c, chunk) in rows.chunks(cfg.batch_size).enumerate() {
         let seqs: Vec<&[u32]> = chunk.iter().map(|&p| prompts[p].as_slice()).collect();
-        let tokens = decode(model, &seqs, stop, pad_id, cfg, &mut rng)?;
+        let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
+            .map(|i| {
+                let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+                rng.set_stream((c * cfg.batch_size + i) as u64);
+                rng
+            })
+            .collect();
+        let tokens = decode(model, &seqs, stop, pad_id, cfg, &mut rngs)?;
         out.extend(
             chunk
                 .iter()
@@ -95,10 +144,10 @@ pub fn generate(
 fn decode(
     model: &CausalLm,
     seqs: &[&[u32]],
-    stop: &[u32],
+    stop: &Stop,
     pad_id: u32,
     cfg: &SampleConfig,
-    rng: &mut ChaCha8Rng,
+    rngs: &mut [ChaCha8Rng],
 ) -> Result<Vec<(Vec<u32>, bool)>> {
     let device = model.device();
     let b = seqs.len();
@@ -120,11 +169,12 @@ fn decode(
                 feed.push(pad_id);
                 continue;
             }
-            let t = pick(l, cfg, rng);
-            if stop.contains(&t) {
+            let t = pick(l, cfg, &mut rngs[row]);
+            if stop.tokens.contains(&t) {
                 *finished = true;
             } else {
                 tokens.push(t);
+                *finished = stop.hit_string(tokens)?;
             }
             feed.push(t);
         }
@@ -143,52 +193,84 @@ fn decode(
     Ok(out)
 }
 
-/// Picks the next token from one row of logits.
-fn pick(logits: &[f32], cfg: &SampleConfig, rng: &mut impl Rng) -> u32 {
-    let argmax = || {
-        logits
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                if v > best.1 {
-                    (i, v)
-                } else {
-                    best
-                }
-            })
-            .0 as u32
-    };
+fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0 as u32
+}
+
+/// The tokens sampling chooses among, most likely first, with their probabilities (summing to
+/// 1): after temperature, the `top_k` most likely, then the smallest prefix whose mass reaches
+/// `top_p` (nucleus). Greedy keeps the argmax alone.
+pub fn candidates(logits: &[f32], cfg: &SampleConfig) -> Vec<(u32, f64)> {
     if cfg.temperature == 0.0 {
-        return argmax();
+        return vec![(argmax(logits), 1.0)];
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     if cfg.top_k > 0 {
         order.truncate(cfg.top_k);
     }
-    let top = logits[order[0]] as f64;
-    let weights: Vec<f64> = order
-        .iter()
-        .map(|&i| ((logits[i] as f64 - top) / cfg.temperature).exp())
-        .collect();
-    let total: f64 = weights.iter().sum();
-    // Nucleus: the smallest prefix (by probability) whose mass reaches top_p.
+    let weights = softmax(logits, &order, cfg.temperature);
     let mut keep = 0;
     let mut mass = 0.0;
     while keep < weights.len() {
-        mass += weights[keep] / total;
+        mass += weights[keep];
         keep += 1;
         if mass >= cfg.top_p {
             break;
         }
     }
-    let kept: f64 = weights[..keep].iter().sum();
-    let mut u = rng.random::<f64>() * kept;
-    for (j, w) in weights[..keep].iter().enumerate() {
-        u -= w;
+    order[..keep]
+        .iter()
+        .zip(&weights)
+        .map(|(&i, &w)| (i as u32, w / mass))
+        .collect()
+}
+
+/// Probabilities of `order`'s logits at `temperature`, normalised over `order`.
+fn softmax(logits: &[f32], order: &[usize], temperature: f64) -> Vec<f64> {
+    let top = order
+        .iter()
+        .map(|&i| logits[i] as f64)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - top) / temperature).exp())
+        .collect();
+    let total: f64 = w.iter().sum();
+    w.into_iter().map(|x| x / total).collect()
+}
+
+/// Draws the next token from one row of logits.
+fn pick(logits: &[f32], cfg: &SampleConfig, rng: &mut impl Rng) -> u32 {
+    if cfg.temperature == 0.0 {
+        return argmax(logits);
+    }
+    // Plain sampling needs no sort over the vocabulary.
+    let kept = if cfg.top_k == 0 && cfg.top_p >= 1.0 {
+        let all: Vec<usize> = (0..logits.len()).collect();
+        all.iter()
+            .zip(softmax(logits, &all, cfg.temperature))
+            .map(|(&i, p)| (i as u32, p))
+            .collect()
+    } else {
+        candidates(logits, cfg)
+    };
+    let mut u = rng.random::<f64>();
+    for &(t, p) in &kept {
+        u -= p;
         if u <= 0.0 {
-            return order[j] as u32;
+            return t;
         }
     }
-    order[keep - 1] as u32
+    kept[kept.len() - 1].0
 }

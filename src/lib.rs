@@ -13,6 +13,7 @@ pub mod memory;
 pub mod model;
 pub mod objective;
 pub mod report;
+pub mod reward;
 pub mod score;
 pub mod train;
 pub mod world;

@@ -102,18 +102,33 @@ fn api_tour_checks_every_other_function() {
          {\"prompt\": \"2+3=\", \"chosen\": \"5\", \"rejected\": \"6\"}\n",
     )
     .unwrap();
+    // The tiny reward-model fixture with the tiny world's tokenizer (its ids fit the vocabulary).
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let rm = dir.join("rm");
+    std::fs::create_dir_all(&rm).unwrap();
+    for f in ["config.json", metaapo::model::hf::WEIGHTS] {
+        std::fs::copy(fixtures.join("tiny_llama_rm").join(f), rm.join(f)).unwrap();
+    }
+    metaapo::world::vocab::tokenizer()
+        .unwrap()
+        .save(&rm)
+        .unwrap();
     let out = dir.join("run");
     let tour = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/api_tour.rhai");
-    let set = |k: &str| format!("{k}={}", pairs.display());
+    let set = |k: &str, v: &Path| format!("{k}={}", v.display());
     let o = script(
         &dir,
         &out,
         &[
             tour.to_str().unwrap(),
             "--set",
-            &set("pairs_file"),
+            &set("pairs_file", &pairs),
             "--set",
-            &set("prompts_file"),
+            &set("prompts_file", &pairs),
+            "--set",
+            &set("rm_dir", &rm),
+            "--set",
+            &set("encoder_dir", &fixtures.join("tiny_bert")),
         ],
     );
     assert!(o.status.success(), "{:?}", text(&o));

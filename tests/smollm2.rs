@@ -31,14 +31,6 @@ fn model() -> &'static (CausalLm, TextTokenizer) {
     })
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn messages(v: &Value) -> Vec<Message> {
     serde_json::from_value(v.clone()).unwrap()
 }
@@ -73,11 +65,11 @@ fn tokenizer_matches_transformers() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(
             tok.encode(text).unwrap(),
-            ids(&case["ids"]),
+            common::json_ids(&case["ids"]),
             "encoding {text:?}"
         );
         assert_eq!(
-            tok.decode(&ids(&case["ids"]), false).unwrap(),
+            tok.decode(&common::json_ids(&case["ids"]), false).unwrap(),
             text,
             "decoding {text:?}"
         );
@@ -122,7 +114,10 @@ fn chat_template_and_trl_encoding_match_transformers() {
         &EncodeConfig::default(),
     )
     .unwrap();
-    let (p, r) = (ids(&chat["prompt_ids"]), ids(&chat["response_ids"]));
+    let (p, r) = (
+        common::json_ids(&chat["prompt_ids"]),
+        common::json_ids(&chat["response_ids"]),
+    );
     assert_eq!(seq.prompt_len, p.len());
     assert_eq!(seq.ids, [p, r].concat());
 }
@@ -168,7 +163,7 @@ fn response_logprobs_match_transformers() {
         .i((0, seq.prompt_len - 1))
         .unwrap();
     let top = &e["logp"]["top5_last_prompt"];
-    for (id, want) in ids(&top["ids"])
+    for (id, want) in common::json_ids(&top["ids"])
         .into_iter()
         .zip(top["logits"].as_array().unwrap())
     {
@@ -179,7 +174,7 @@ fn response_logprobs_match_transformers() {
         );
     }
     let best = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
-    assert_eq!(best, ids(&top["ids"])[0]);
+    assert_eq!(best, common::json_ids(&top["ids"])[0]);
 }
 
 #[test]
@@ -211,7 +206,7 @@ fn greedy_decoding_with_the_cache_answers_like_transformers() {
             key_valid: vec![valid.clone()],
         };
     }
-    assert_eq!(out, ids(&e["greedy_8"]["ids"]));
+    assert_eq!(out, common::json_ids(&e["greedy_8"]["ids"]));
     assert_eq!(
         tok.decode(&out, false).unwrap(),
         e["greedy_8"]["text"].as_str().unwrap()

@@ -3,7 +3,7 @@
 
 use candle_core::Device;
 use metaapo::data::encode::Text;
-use metaapo::generate::{generate, SampleConfig};
+use metaapo::generate::{generate, SampleConfig, Stop};
 use metaapo::world::task::{annotator_reward, gold_reward, split, Problem, Teacher};
 use metaapo::world::{vocab, World, WorldConfig};
 use rand::SeedableRng;
@@ -140,7 +140,14 @@ fn sampling_is_seeded_and_greedy_matches_top_k_1() {
         .map(|p| tok.encode(p).unwrap())
         .collect();
     let run = |cfg: &SampleConfig| {
-        generate(&model, &prompts, &[tok.eos_token_id], tok.pad_token_id, cfg).unwrap()
+        generate(
+            &model,
+            &prompts,
+            &Stop::tokens(&[tok.eos_token_id]),
+            tok.pad_token_id,
+            cfg,
+        )
+        .unwrap()
     };
     let sampled = SampleConfig {
         n: 4,

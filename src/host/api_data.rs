@@ -205,6 +205,36 @@ pub fn register(api: &mut Family) {
             Ok(Pairs::new(p.0[a..b].to_vec()))
         },
     );
+    api.func(
+        "select",
+        "(pairs: Pairs, indices: Array) -> Pairs",
+        "The pairs at `indices`, in that order (repeats allowed).",
+        |p: &mut Pairs, indices: Array| -> Res<Pairs> {
+            let n = p.0.len();
+            indices
+                .iter()
+                .map(|i| match i.as_int() {
+                    Ok(i) if (0..n as i64).contains(&i) => Ok(p.0[i as usize].clone()),
+                    _ => Err(error(format!("select: {i} is not an index of {n} pairs"))),
+                })
+                .collect::<Res<Vec<_>>>()
+                .map(Pairs::new)
+        },
+    );
+    api.getter(
+        "Pairs",
+        "chosen",
+        "Array",
+        "The chosen responses, in order.",
+        |p: &mut Pairs| -> Array { p.0.iter().map(|x| text_to_dynamic(&x.chosen)).collect() },
+    );
+    api.getter(
+        "Pairs",
+        "rejected",
+        "Array",
+        "The rejected responses, in order.",
+        |p: &mut Pairs| -> Array { p.0.iter().map(|x| text_to_dynamic(&x.rejected)).collect() },
+    );
     api.getter(
         "Pairs",
         "prompts",

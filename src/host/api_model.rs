@@ -40,6 +40,14 @@ impl Policy {
         }))
     }
 
+    /// Token ids that end a generation: the tokenizer's EOS and the config's `eos_token_id`s.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut ids = vec![self.0.tokenizer.eos_token_id];
+        ids.extend(&self.0.model.config.eos_token_ids);
+        ids.dedup();
+        ids
+    }
+
     pub fn frozen(&self) -> anyhow::Result<Self> {
         Ok(Self::new(
             self.0.model.frozen()?,

@@ -5,7 +5,7 @@
 use super::api_tensor::Tensor;
 use super::opts::{number, Opts};
 use super::registry::{error, fail, Family, Res};
-use crate::objective::{self, DpoConfig, LossOutput, SimpoConfig};
+use crate::objective::{self, DpoConfig, LossOutput, SelmConfig, SimpoConfig};
 use crate::score::{PairLogps, SeqLogps};
 use rhai::{Array, Dynamic, Map};
 
@@ -118,7 +118,39 @@ fn pairwise(name: &'static str, s: &Map, opts: &Map) -> Res<Map> {
     output(out.map_err(fail(name))?)
 }
 
+fn selm(s: &Map, policy_yref: &Tensor, reference_yref: &Tensor, opts: &Map) -> Res<Map> {
+    let o = Opts::new("selm options", opts);
+    let w = weights(&o)?;
+    let d = SelmConfig::default();
+    let cfg = SelmConfig {
+        beta: o.f64("beta", d.beta)?,
+        alpha: o.f64("alpha", d.alpha)?,
+    };
+    o.finish()?;
+    let pol = pair(s, "", "selm")?;
+    let w = on_device(w, &pol.chosen.sum)?;
+    let reference_yref = reference_yref
+        .0
+        .to_dtype(policy_yref.0.dtype())
+        .map_err(|e| fail("selm")(e.into()))?;
+    let out = objective::selm(
+        &pol,
+        &pair(s, "ref_", "selm")?,
+        &policy_yref.0,
+        &reference_yref,
+        &cfg,
+        w.as_ref(),
+    );
+    output(out.map_err(fail("selm"))?)
+}
+
 pub fn register(api: &mut Family) {
+    api.func(
+        "selm",
+        "(scores: Map, policy_yref: Tensor, reference_yref: Tensor, options: Map) -> Map",
+        "SELM: DPO plus α·β·[π(y_ref) - ref(y_ref)] (summed log-probs of the reference's greedy response); options beta (0.01), alpha (1e-4), weights.",
+        |s: Map, p: Tensor, r: Tensor, o: Map| selm(&s, &p, &r, &o),
+    );
     let docs: [(&'static str, &str); 4] = [
         ("dpo", "DPO -log σ(βΔ); options beta (0.1), label_smoothing (cDPO ε), rpo_alpha, weights."),
         ("cdpo", "Conservative DPO: dpo with label_smoothing ε (options beta, label_smoothing, weights)."),

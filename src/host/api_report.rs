@@ -62,10 +62,15 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "log",
         "(metrics: Map) -> ()",
-        "Appends one step to metrics.jsonl (TRL names: loss, rewards/margins, ...) and advances the progress bar.",
+        "Appends one step to metrics.jsonl (TRL names: loss, rewards/margins, ...; online/annotations is added) and advances the progress bar.",
         move |m: Map| -> Res<()> {
+            let mut record = map_to_json(&m);
+            let count = r.annotations.get();
+            if count > 0 {
+                record.insert("online/annotations".into(), count.into());
+            }
             let mut rep = r.report().map_err(fail("log"))?;
-            rep.log(map_to_json(&m)).map_err(fail("log"))
+            rep.log(record).map_err(fail("log"))
         },
     );
     let r = run.clone();

@@ -130,6 +130,13 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     );
     api.getter(
         "World",
+        "max_new_tokens",
+        "int",
+        "Enough new tokens for any answer of the world's task.",
+        |w: &mut WorldHandle| w.0.max_new_tokens() as i64,
+    );
+    api.getter(
+        "World",
         "name",
         "String",
         "The world's name.",

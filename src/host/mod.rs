@@ -7,6 +7,7 @@ pub mod api_generate;
 pub mod api_model;
 pub mod api_objective;
 pub mod api_report;
+pub mod api_reward;
 pub mod api_run;
 pub mod api_score;
 pub mod api_tensor;
@@ -33,11 +34,12 @@ pub struct Host {
 }
 
 /// The API families, in the order `metaapo api` lists them.
-pub const FAMILIES: [&str; 10] = [
+pub const FAMILIES: [&str; 11] = [
     "model",
     "data",
     "score",
     "generate",
+    "reward",
     "objective",
     "tensor",
     "train",
@@ -59,6 +61,9 @@ pub fn describe(v: &Dynamic) -> String {
     }
     if let Some(w) = v.clone().try_cast::<api_world::WorldHandle>() {
         return w.to_string();
+    }
+    if let Some(r) = v.clone().try_cast::<api_reward::RewardModel>() {
+        return r.to_string();
     }
     if let Some(o) = v.clone().try_cast::<api_train::Optimizer>() {
         return o.to_string();
@@ -96,6 +101,7 @@ impl Host {
                 "data" => api_data::register(&mut api),
                 "score" => api_score::register(&mut api),
                 "generate" => api_generate::register(&mut api),
+                "reward" => api_reward::register(&mut api, &run),
                 "objective" => api_objective::register(&mut api),
                 "tensor" => api_tensor::register(&mut api),
                 "train" => api_train::register(&mut api, &run),

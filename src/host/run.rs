@@ -45,6 +45,8 @@ pub struct Run {
     /// Whether the script called `params`, which consumes the overrides.
     pub params_read: Cell<bool>,
     pub worlds: RefCell<HashMap<String, Rc<World>>>,
+    /// Reward annotations made by `annotate` so far (`online/annotations`).
+    pub annotations: Cell<u64>,
 }
 
 impl Run {
@@ -55,6 +57,7 @@ impl Run {
             report: RefCell::new(None),
             params_read: Cell::new(false),
             worlds: RefCell::new(HashMap::new()),
+            annotations: Cell::new(0),
         })
     }
 
@@ -75,6 +78,10 @@ impl Run {
         Ok(RefMut::map(slot, |r| r.as_mut().expect("opened above")))
     }
 
+    pub fn count_annotations(&self, n: usize) {
+        self.annotations.set(self.annotations.get() + n as u64);
+    }
+
     /// Prints to the terminal, and to `run.log` once the run has a directory.
     pub fn print(&self, line: &str) {
         match self.report.borrow_mut().as_mut() {
@@ -86,7 +93,12 @@ impl Run {
     /// Ends the run: writes `summary.json` and returns the summary table (None without a report).
     pub fn finish(&self, status: &str) -> Result<Option<String>> {
         match self.report.borrow_mut().as_mut() {
-            Some(r) => r.finish(status).map(Some),
+            Some(r) => {
+                let mut count = serde_json::Map::new();
+                count.insert("online/annotations".into(), self.annotations.get().into());
+                r.set_summary(count);
+                r.finish(status).map(Some)
+            }
             None => Ok(None),
         }
     }

@@ -41,7 +41,7 @@ fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
         .with_context(|| format!("cannot read safetensors file {}", path.display()))
 }
 
-fn read_weights(dir: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, String)> {
+pub fn read_weights(dir: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, String)> {
     let single = dir.join(WEIGHTS);
     if single.exists() {
         return Ok((

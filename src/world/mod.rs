@@ -9,7 +9,7 @@ pub mod warmup;
 use crate::data::encode::Text;
 use crate::data::pairs::Pair;
 use crate::fetch::cache_dir;
-use crate::generate::{generate, SampleConfig};
+use crate::generate::{generate, SampleConfig, Stop};
 use crate::model::config::ModelConfig;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::{hf, init, CausalLm};
@@ -253,6 +253,11 @@ impl World {
         ))
     }
 
+    /// Enough new tokens for any answer (digits, a carry, EOS) and a little slack.
+    pub fn max_new_tokens(&self) -> usize {
+        self.config.digits as usize + 3
+    }
+
     /// Samples one answer per evaluation prompt (seeded the same way for every model, so
     /// comparisons are paired) and scores them with the gold reward.
     pub fn evaluate(&self, model: &CausalLm) -> Result<Evaluation> {
@@ -281,20 +286,26 @@ impl World {
             .map(|p| self.tokenizer.encode(&p.prompt()))
             .collect::<Result<Vec<_>>>()?;
         let cfg = SampleConfig {
-            max_new_tokens: self.config.digits as usize + 3,
+            max_new_tokens: self.max_new_tokens(),
             temperature: self.config.eval_temperature,
             seed: self.config.seed ^ 0xe7a1,
             batch_size: 512,
             ..SampleConfig::default()
         };
         let tok = &self.tokenizer;
-        generate(model, &prompts, &[tok.eos_token_id], tok.pad_token_id, &cfg)?
-            .iter()
-            .map(|s| {
-                let text = tok.decode(&s.tokens, true)?;
-                Ok(task::gold_reward(&self.eval[s.prompt], &text))
-            })
-            .collect()
+        generate(
+            model,
+            &prompts,
+            &Stop::tokens(&[tok.eos_token_id]),
+            tok.pad_token_id,
+            &cfg,
+        )?
+        .iter()
+        .map(|s| {
+            let text = tok.decode(&s.tokens, true)?;
+            Ok(task::gold_reward(&self.eval[s.prompt], &text))
+        })
+        .collect()
     }
 }
 

@@ -1,0 +1,305 @@
+//! reward: one `annotate` over every reward backend (the world's annotator, a script closure, a
+//! Llama-family sequence classifier, a BERT encoder with a Bradley-Terry head), each call
+//! counted as the run's `online/annotations`.
+
+use super::api_data::{dynamic_to_text, Pairs};
+use super::api_world::WorldHandle;
+use super::opts::{number, Opts};
+use super::registry::{error, fail, Family, Res};
+use super::run::Run;
+use crate::data::encode::{encode, EncodeConfig, Text};
+use crate::model::tokenizer::TextTokenizer;
+use crate::reward::bert::TextEncoder;
+use crate::reward::bradley_terry::{FitConfig, LinearHead};
+use crate::reward::classifier::SequenceClassifier;
+use crate::world::World;
+use anyhow::Result;
+use rhai::{Array, Dynamic, FnPtr, Map, NativeCallContext};
+use std::path::Path;
+use std::rc::Rc;
+
+pub struct Classifier {
+    model: SequenceClassifier,
+    tokenizer: TextTokenizer,
+    path: String,
+}
+
+pub struct Embedding {
+    encoder: TextEncoder,
+    head: LinearHead,
+    path: String,
+}
+
+#[derive(Clone)]
+pub enum RewardModel {
+    World(Rc<World>),
+    Classifier(Rc<Classifier>),
+    Embedding(Rc<Embedding>),
+}
+
+impl std::fmt::Display for RewardModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RewardModel::World(w) => write!(f, "RewardModel({} world's annotator)", w.config.name),
+            RewardModel::Classifier(c) => write!(f, "RewardModel(sequence classifier {})", c.path),
+            RewardModel::Embedding(e) => write!(
+                f,
+                "RewardModel(Bradley-Terry head on {}, {} features)",
+                e.path, e.encoder.bert.config.hidden_size
+            ),
+        }
+    }
+}
+
+impl RewardModel {
+    /// One reward per prompt/response pair.
+    fn rewards(&self, prompts: &[Text], responses: &[Text]) -> Result<Vec<f64>> {
+        match self {
+            RewardModel::World(w) => prompts
+                .iter()
+                .zip(responses)
+                .map(|(p, r)| w.annotator(&p.display(), &r.display()))
+                .collect(),
+            RewardModel::Classifier(c) => {
+                let seqs = prompts
+                    .iter()
+                    .zip(responses)
+                    .map(|(p, r)| Ok(encode(&c.tokenizer, p, r, &EncodeConfig::default())?.ids))
+                    .collect::<Result<Vec<_>>>()?;
+                c.model.rewards(&seqs, c.tokenizer.pad_token_id)
+            }
+            RewardModel::Embedding(e) => {
+                let text = |t: &[Text]| t.iter().map(Text::display).collect::<Vec<_>>();
+                let features = e.encoder.embed_pairs(&text(prompts), &text(responses))?;
+                Ok(e.head
+                    .rewards(&features)?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_vec1::<f64>()?)
+            }
+        }
+    }
+}
+
+fn texts(items: &Array, what: &str) -> Res<Vec<Text>> {
+    items.iter().map(|v| dynamic_to_text(v, what)).collect()
+}
+
+/// Prompts and responses of `generate(...)` samples.
+fn sample_texts(samples: &Array) -> Res<(Vec<Text>, Vec<Text>)> {
+    samples
+        .iter()
+        .map(|s| {
+            let m = s.read_lock::<Map>().ok_or_else(|| {
+                error("annotate: samples must be maps with `prompt` and `response` (from generate)")
+            })?;
+            let field = |k: &str| {
+                m.get(k)
+                    .ok_or_else(|| error(format!("annotate: a sample has no `{k}`")))
+                    .and_then(|v| dynamic_to_text(v, k))
+            };
+            Ok((field("prompt")?, field("response")?))
+        })
+        .collect::<Res<Vec<_>>>()
+        .map(|v| v.into_iter().unzip())
+}
+
+/// The samples, each with its `reward` added.
+fn with_rewards(samples: &Array, rewards: Vec<f64>) -> Array {
+    samples
+        .iter()
+        .zip(rewards)
+        .map(|(s, r)| {
+            let mut m = s.read_lock::<Map>().map(|m| m.clone()).unwrap_or_default();
+            m.insert("reward".into(), Dynamic::from_float(r));
+            m.into()
+        })
+        .collect()
+}
+
+fn check_lengths(prompts: &Array, responses: &Array) -> Res<()> {
+    if prompts.len() != responses.len() {
+        return Err(error(format!(
+            "annotate: {} prompts but {} responses",
+            prompts.len(),
+            responses.len()
+        )));
+    }
+    Ok(())
+}
+
+fn call_closure(ctx: &NativeCallContext, f: &FnPtr, p: &[Text], r: &[Text]) -> Res<Vec<f64>> {
+    p.iter()
+        .zip(r)
+        .map(|(p, r)| {
+            let v: Dynamic = f.call_within_context(
+                ctx,
+                (
+                    super::api_data::text_to_dynamic(p),
+                    super::api_data::text_to_dynamic(r),
+                ),
+            )?;
+            number(&v).ok_or_else(|| {
+                error(format!(
+                    "annotate: the reward function returned {} (a {}), not a number",
+                    v,
+                    v.type_name()
+                ))
+            })
+        })
+        .collect()
+}
+
+fn accuracy(rm: &RewardModel, pairs: &Pairs) -> Result<f64> {
+    if pairs.0.is_empty() {
+        anyhow::bail!("no pairs");
+    }
+    let prompts: Vec<Text> = pairs.0.iter().map(|p| p.prompt.clone()).collect();
+    let chosen: Vec<Text> = pairs.0.iter().map(|p| p.chosen.clone()).collect();
+    let rejected: Vec<Text> = pairs.0.iter().map(|p| p.rejected.clone()).collect();
+    let c = rm.rewards(&prompts, &chosen)?;
+    let r = rm.rewards(&prompts, &rejected)?;
+    let right: f64 = c
+        .iter()
+        .zip(&r)
+        .map(|(c, r)| match c.total_cmp(r) {
+            std::cmp::Ordering::Greater => 1.0,
+            std::cmp::Ordering::Equal => 0.5,
+            std::cmp::Ordering::Less => 0.0,
+        })
+        .sum();
+    Ok(right / pairs.0.len() as f64)
+}
+
+fn train_reward(run: &Run, encoder: &str, pairs: &Pairs, opts: &Map) -> Res<RewardModel> {
+    let o = Opts::new("train_reward options", opts);
+    let d = FitConfig::default();
+    let cfg = FitConfig {
+        epochs: o.usize("epochs", d.epochs)?,
+        lr: o.f64("lr", d.lr)?,
+        weight_decay: o.f64("weight_decay", d.weight_decay)?,
+        seed: o.usize("seed", run.options.seed as usize)? as u64,
+    };
+    o.finish()?;
+    let fit = || -> Result<RewardModel> {
+        if pairs.0.is_empty() {
+            anyhow::bail!("no pairs to fit on");
+        }
+        let enc = TextEncoder::load(Path::new(encoder), &run.options.device)?;
+        let prompts: Vec<String> = pairs.0.iter().map(|p| p.prompt.display()).collect();
+        let side = |f: fn(&crate::data::pairs::Pair) -> &Text| {
+            let r: Vec<String> = pairs.0.iter().map(|p| f(p).display()).collect();
+            enc.embed_pairs(&prompts, &r)
+        };
+        let (head, report) = LinearHead::fit(&side(|p| &p.chosen)?, &side(|p| &p.rejected)?, &cfg)?;
+        run.print(&format!(
+            "train_reward: {} pairs, Bradley-Terry loss {:.4} -> {:.4}, training accuracy {:.3} -> {:.3}",
+            pairs.0.len(),
+            report.loss_before,
+            report.loss_after,
+            report.accuracy_before,
+            report.accuracy_after
+        ));
+        Ok(RewardModel::Embedding(Rc::new(Embedding {
+            encoder: enc,
+            head,
+            path: encoder.to_string(),
+        })))
+    };
+    fit().map_err(fail("train_reward"))
+}
+
+pub fn register(api: &mut Family, run: &Rc<Run>) {
+    api.ty::<RewardModel>("RewardModel");
+    api.getter(
+        "World",
+        "reward",
+        "RewardModel",
+        "The world's annotator as a reward model (gold reward plus fixed per-text noise).",
+        |w: &mut WorldHandle| RewardModel::World(w.0.clone()),
+    );
+    let r = run.clone();
+    api.func(
+        "load_reward",
+        "(path: String) -> RewardModel",
+        "A HF *ForSequenceClassification reward model directory (Llama family; score head at the last token).",
+        move |path: &str| -> Res<RewardModel> {
+            let (model, tokenizer) = SequenceClassifier::load(Path::new(path), &r.options.device)
+                .map_err(fail("load_reward"))?;
+            Ok(RewardModel::Classifier(Rc::new(Classifier {
+                model,
+                tokenizer,
+                path: path.to_string(),
+            })))
+        },
+    );
+    let r = run.clone();
+    api.func(
+        "train_reward",
+        "(encoder: String, pairs: Pairs, options: Map) -> RewardModel",
+        "Fits a linear Bradley-Terry head on a BERT sentence encoder's features of the pairs: epochs (200), lr (0.05), weight_decay, seed.",
+        move |enc: &str, pairs: Pairs, opts: Map| train_reward(&r, enc, &pairs, &opts),
+    );
+    api.func(
+        "accuracy",
+        "(rm: RewardModel, pairs: Pairs) -> float",
+        "Fraction of pairs the reward model orders chosen above rejected (ties count half); not counted as annotations.",
+        |rm: RewardModel, pairs: Pairs| accuracy(&rm, &pairs).map_err(fail("accuracy")),
+    );
+    let r = run.clone();
+    api.func(
+        "annotate",
+        "(rm: RewardModel, prompts: Array, responses: Array) -> Array",
+        "The reward of each prompt/response pair; counted in online/annotations.",
+        move |rm: RewardModel, p: Array, y: Array| -> Res<Array> {
+            check_lengths(&p, &y)?;
+            let v = rm
+                .rewards(&texts(&p, "prompt")?, &texts(&y, "response")?)
+                .map_err(fail("annotate"))?;
+            r.count_annotations(v.len());
+            Ok(v.into_iter().map(Dynamic::from_float).collect())
+        },
+    );
+    let r = run.clone();
+    api.func(
+        "annotate",
+        "(rm: RewardModel, samples: Array) -> Array",
+        "generate(...) samples, each with its `reward` added; counted in online/annotations.",
+        move |rm: RewardModel, samples: Array| -> Res<Array> {
+            let (p, y) = sample_texts(&samples)?;
+            let v = rm.rewards(&p, &y).map_err(fail("annotate"))?;
+            r.count_annotations(v.len());
+            Ok(with_rewards(&samples, v))
+        },
+    );
+    let r = run.clone();
+    api.func(
+        "annotate",
+        "(reward: FnPtr, prompts: Array, responses: Array) -> Array",
+        "Rewards from a script function |prompt, response| -> number (verifiable rewards); counted.",
+        move |ctx: NativeCallContext, f: FnPtr, p: Array, y: Array| -> Res<Array> {
+            check_lengths(&p, &y)?;
+            let v = call_closure(&ctx, &f, &texts(&p, "prompt")?, &texts(&y, "response")?)?;
+            r.count_annotations(v.len());
+            Ok(v.into_iter().map(Dynamic::from_float).collect())
+        },
+    );
+    let r = run.clone();
+    api.func(
+        "annotate",
+        "(reward: FnPtr, samples: Array) -> Array",
+        "generate(...) samples with `reward` from a script function |prompt, response|; counted.",
+        move |ctx: NativeCallContext, f: FnPtr, samples: Array| -> Res<Array> {
+            let (p, y) = sample_texts(&samples)?;
+            let v = call_closure(&ctx, &f, &p, &y)?;
+            r.count_annotations(v.len());
+            Ok(with_rewards(&samples, v))
+        },
+    );
+    let r = run.clone();
+    api.func(
+        "annotations",
+        "() -> int",
+        "How many rewards annotate() has computed in this run.",
+        move || r.annotations.get() as i64,
+    );
+}

@@ -1,0 +1,114 @@
+//! A linear reward head on frozen features, fitted to preference pairs by the Bradley-Terry loss
+//! `-log σ(r(chosen) - r(rejected))` with full-batch AdamW. A bias would cancel in every
+//! difference, so the head is `r(e) = w·e`.
+
+use crate::objective::log_sigmoid;
+use crate::train::grads::Gradients;
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FitConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+}
+
+impl Default for FitConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 200,
+            lr: 0.05,
+            weight_decay: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// What fitting did: the loss and training pairwise accuracy before and after.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitReport {
+    pub loss_before: f64,
+    pub loss_after: f64,
+    pub accuracy_before: f64,
+    pub accuracy_after: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LinearHead {
+    /// `(hidden,)`
+    pub weight: Tensor,
+}
+
+impl LinearHead {
+    /// Rewards `(N,)` of features `(N, hidden)`.
+    pub fn rewards(&self, features: &Tensor) -> Result<Tensor> {
+        Ok(features
+            .to_dtype(self.weight.dtype())?
+            .broadcast_mul(&self.weight)?
+            .sum(D::Minus1)?)
+    }
+
+    /// Fits a head to the features of chosen and rejected responses, row i against row i.
+    pub fn fit(chosen: &Tensor, rejected: &Tensor, cfg: &FitConfig) -> Result<(Self, FitReport)> {
+        let (n, hidden) = chosen.dims2()?;
+        if n == 0 || rejected.dims() != chosen.dims() {
+            bail!(
+                "need matching, non-empty chosen and rejected features (got {:?} and {:?})",
+                chosen.dims(),
+                rejected.dims()
+            );
+        }
+        let diff = (chosen - rejected)?.to_dtype(DType::F32)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let init: Vec<f32> = (0..hidden).map(|_| rng.random_range(-0.01..0.01)).collect();
+        let w = Var::from_tensor(&Tensor::from_vec(init, hidden, diff.device())?)?;
+        let vars = vec![("head.weight".to_string(), w.clone())];
+        let mut opt = AdamW::new(
+            &vars,
+            AdamWConfig {
+                lr: cfg.lr,
+                weight_decay: cfg.weight_decay,
+                no_decay: vec![],
+                max_grad_norm: None,
+                ..AdamWConfig::default()
+            },
+        )?;
+        let measure = |w: &Tensor| -> Result<(f64, f64)> {
+            let m = diff.broadcast_mul(w)?.sum(D::Minus1)?;
+            let loss = log_sigmoid(&m)?.neg()?.mean_all()?.to_scalar::<f32>()? as f64;
+            let right = m
+                .gt(0.0)?
+                .to_dtype(DType::F32)?
+                .mean_all()?
+                .to_scalar::<f32>()? as f64;
+            Ok((loss, right))
+        };
+        let (loss_before, accuracy_before) = measure(w.as_tensor())?;
+        let mut grads = Gradients::new();
+        for _ in 0..cfg.epochs {
+            let margin = diff.broadcast_mul(w.as_tensor())?.sum(D::Minus1)?;
+            let loss = log_sigmoid(&margin)?.neg()?.mean_all()?;
+            grads.accumulate(&loss, &vars)?;
+            opt.step(&grads, cfg.lr)?;
+            grads.clear();
+        }
+        let (loss_after, accuracy_after) = measure(w.as_tensor())?;
+        Ok((
+            Self {
+                weight: w.as_tensor().detach(),
+            },
+            FitReport {
+                loss_before,
+                loss_after,
+                accuracy_before,
+                accuracy_after,
+            },
+        ))
+    }
+}
