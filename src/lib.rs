@@ -10,6 +10,7 @@ pub mod generate;
 pub mod host;
 pub mod kernels;
 pub mod memory;
+pub mod meta;
 pub mod model;
 pub mod objective;
 pub mod report;
