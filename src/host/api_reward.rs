@@ -156,18 +156,10 @@ fn accuracy(rm: &RewardModel, pairs: &Pairs) -> Result<f64> {
     let prompts: Vec<Text> = pairs.0.iter().map(|p| p.prompt.clone()).collect();
     let chosen: Vec<Text> = pairs.0.iter().map(|p| p.chosen.clone()).collect();
     let rejected: Vec<Text> = pairs.0.iter().map(|p| p.rejected.clone()).collect();
-    let c = rm.rewards(&prompts, &chosen)?;
-    let r = rm.rewards(&prompts, &rejected)?;
-    let right: f64 = c
-        .iter()
-        .zip(&r)
-        .map(|(c, r)| match c.total_cmp(r) {
-            std::cmp::Ordering::Greater => 1.0,
-            std::cmp::Ordering::Equal => 0.5,
-            std::cmp::Ordering::Less => 0.0,
-        })
-        .sum();
-    Ok(right / pairs.0.len() as f64)
+    Ok(crate::reward::win_rate(
+        &rm.rewards(&prompts, &chosen)?,
+        &rm.rewards(&prompts, &rejected)?,
+    ))
 }
 
 fn train_reward(run: &Run, encoder: &str, pairs: &Pairs, opts: &Map) -> Res<RewardModel> {

@@ -263,19 +263,10 @@ impl World {
     pub fn evaluate(&self, model: &CausalLm) -> Result<Evaluation> {
         let rewards = self.eval_rewards(model)?;
         let n = rewards.len() as f64;
-        let wins: f64 = rewards
-            .iter()
-            .zip(&self.warm_eval)
-            .map(|(a, b)| match a.total_cmp(b) {
-                std::cmp::Ordering::Greater => 1.0,
-                std::cmp::Ordering::Equal => 0.5,
-                std::cmp::Ordering::Less => 0.0,
-            })
-            .sum();
         Ok(Evaluation {
             gold_reward: rewards.iter().sum::<f64>() / n,
             success: rewards.iter().filter(|&&r| r == 1.0).count() as f64 / n,
-            win_rate: wins / n,
+            win_rate: crate::reward::win_rate(&rewards, &self.warm_eval),
         })
     }
 
