@@ -103,20 +103,13 @@ fn sample_texts(samples: &Array) -> Res<(Vec<Text>, Vec<Text>)> {
         .map(|v| v.into_iter().unzip())
 }
 
-/// The samples, each with its `reward` added.
-fn with_rewards(samples: &Array, rewards: Vec<f64>) -> Array {
-    samples
-        .iter()
-        .zip(rewards)
-        .map(|(s, r)| {
-            let mut m = s.read_lock::<Map>().map(|m| m.clone()).unwrap_or_default();
-            m.insert("reward".into(), Dynamic::from_float(r));
-            m.into()
-        })
-        .collect()
-}
-
-fn check_lengths(prompts: &Array, responses: &Array) -> Res<()> {
+/// Rewards of parallel prompt and response arrays from `score`, counted as annotations.
+fn annotate_texts(
+    run: &Run,
+    prompts: &Array,
+    responses: &Array,
+    score: impl FnOnce(&[Text], &[Text]) -> Res<Vec<f64>>,
+) -> Res<Array> {
     if prompts.len() != responses.len() {
         return Err(error(format!(
             "annotate: {} prompts but {} responses",
@@ -124,7 +117,29 @@ fn check_lengths(prompts: &Array, responses: &Array) -> Res<()> {
             responses.len()
         )));
     }
-    Ok(())
+    let v = score(&texts(prompts, "prompt")?, &texts(responses, "response")?)?;
+    run.count_annotations(v.len());
+    Ok(v.into_iter().map(Dynamic::from_float).collect())
+}
+
+/// `generate(...)` samples, each with its `reward` from `score` added, counted as annotations.
+fn annotate_samples(
+    run: &Run,
+    samples: &Array,
+    score: impl FnOnce(&[Text], &[Text]) -> Res<Vec<f64>>,
+) -> Res<Array> {
+    let (prompts, responses) = sample_texts(samples)?;
+    let v = score(&prompts, &responses)?;
+    run.count_annotations(v.len());
+    Ok(samples
+        .iter()
+        .zip(v)
+        .map(|(s, r)| {
+            let mut m = s.read_lock::<Map>().map(|m| m.clone()).unwrap_or_default();
+            m.insert("reward".into(), Dynamic::from_float(r));
+            m.into()
+        })
+        .collect())
 }
 
 fn call_closure(ctx: &NativeCallContext, f: &FnPtr, p: &[Text], r: &[Text]) -> Res<Vec<f64>> {
@@ -242,13 +257,10 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "annotate",
         "(rm: RewardModel, prompts: Array, responses: Array) -> Array",
         "The reward of each prompt/response pair; counted in online/annotations.",
-        move |rm: RewardModel, p: Array, y: Array| -> Res<Array> {
-            check_lengths(&p, &y)?;
-            let v = rm
-                .rewards(&texts(&p, "prompt")?, &texts(&y, "response")?)
-                .map_err(fail("annotate"))?;
-            r.count_annotations(v.len());
-            Ok(v.into_iter().map(Dynamic::from_float).collect())
+        move |rm: RewardModel, p: Array, y: Array| {
+            annotate_texts(&r, &p, &y, |p, y| {
+                rm.rewards(p, y).map_err(fail("annotate"))
+            })
         },
     );
     let r = run.clone();
@@ -256,11 +268,10 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "annotate",
         "(rm: RewardModel, samples: Array) -> Array",
         "generate(...) samples, each with its `reward` added; counted in online/annotations.",
-        move |rm: RewardModel, samples: Array| -> Res<Array> {
-            let (p, y) = sample_texts(&samples)?;
-            let v = rm.rewards(&p, &y).map_err(fail("annotate"))?;
-            r.count_annotations(v.len());
-            Ok(with_rewards(&samples, v))
+        move |rm: RewardModel, samples: Array| {
+            annotate_samples(&r, &samples, |p, y| {
+                rm.rewards(p, y).map_err(fail("annotate"))
+            })
         },
     );
     let r = run.clone();
@@ -268,11 +279,8 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "annotate",
         "(reward: FnPtr, prompts: Array, responses: Array) -> Array",
         "Rewards from a script function |prompt, response| -> number (verifiable rewards); counted.",
-        move |ctx: NativeCallContext, f: FnPtr, p: Array, y: Array| -> Res<Array> {
-            check_lengths(&p, &y)?;
-            let v = call_closure(&ctx, &f, &texts(&p, "prompt")?, &texts(&y, "response")?)?;
-            r.count_annotations(v.len());
-            Ok(v.into_iter().map(Dynamic::from_float).collect())
+        move |ctx: NativeCallContext, f: FnPtr, p: Array, y: Array| {
+            annotate_texts(&r, &p, &y, |p, y| call_closure(&ctx, &f, p, y))
         },
     );
     let r = run.clone();
@@ -280,11 +288,8 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "annotate",
         "(reward: FnPtr, samples: Array) -> Array",
         "generate(...) samples with `reward` from a script function |prompt, response|; counted.",
-        move |ctx: NativeCallContext, f: FnPtr, samples: Array| -> Res<Array> {
-            let (p, y) = sample_texts(&samples)?;
-            let v = call_closure(&ctx, &f, &p, &y)?;
-            r.count_annotations(v.len());
-            Ok(with_rewards(&samples, v))
+        move |ctx: NativeCallContext, f: FnPtr, samples: Array| {
+            annotate_samples(&r, &samples, |p, y| call_closure(&ctx, &f, p, y))
         },
     );
     let r = run.clone();
