@@ -1,3 +1,4 @@
+use crate::train::checkpoint::{read_state, state_tensor};
 use crate::train::grads::Gradients;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use anyhow::{bail, Context, Result};
@@ -203,30 +204,14 @@ impl MetaLearner {
     /// Restores a learner written by [`MetaLearner::save`].
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let path = dir.join(PARAMS);
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-        let config: MetaConfig = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("config"))
+        let (tensors, metadata) = read_state(&path, device)?;
+        let config: MetaConfig = metadata
+            .get("config")
             .and_then(|c| serde_json::from_str(c).ok())
             .with_context(|| format!("{}: metadata `config` is missing", path.display()))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
         let mut learner = Self::new(config, device, DType::F32)?;
         for (name, var) in &learner.vars {
-            let t = tensors
-                .get(name)
-                .with_context(|| format!("{}: tensor `{name}` is missing", path.display()))?;
-            if t.dims() != var.dims() {
-                bail!(
-                    "{}: tensor `{name}` has shape {:?}, expected {:?}",
-                    path.display(),
-                    t.dims(),
-                    var.dims()
-                );
-            }
+            let t = state_tensor(&tensors, name, var.dims(), &path)?;
             var.set(&t.to_dtype(var.dtype())?)?;
         }
         learner.opt.load(&dir.join(OPTIMIZER))?;

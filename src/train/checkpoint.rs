@@ -4,14 +4,50 @@
 use super::optimizer::AdamW;
 use crate::atomic;
 use crate::model::{hf, tokenizer::TextTokenizer, CausalLm};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
 
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 pub const TRAINER_STATE: &str = "trainer_state.json";
+
+/// A safetensors file's tensors and its metadata, with errors naming the file.
+pub fn read_state(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((tensors, metadata))
+}
+
+/// Tensor `name` of a file read by [`read_state`], checked to have shape `dims`.
+pub fn state_tensor(
+    tensors: &HashMap<String, Tensor>,
+    name: &str,
+    dims: &[usize],
+    path: &Path,
+) -> Result<Tensor> {
+    let t = tensors
+        .get(name)
+        .with_context(|| format!("{}: tensor `{name}` is missing", path.display()))?;
+    if t.dims() != dims {
+        bail!(
+            "{}: tensor `{name}` has shape {:?}, expected {dims:?}",
+            path.display(),
+            t.dims()
+        );
+    }
+    Ok(t.clone())
+}
 
 /// The exact position of a ChaCha8 stream, so a resumed run draws the same numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -204,32 +204,15 @@ impl AdamW {
 
     /// Restores moments and step count written by [`AdamW::save`] for the same parameters.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-        let step = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("step"))
+        let (tensors, metadata) = super::checkpoint::read_state(path, &candle_core::Device::Cpu)?;
+        let step = metadata
+            .get("step")
             .and_then(|s| s.parse::<u64>().ok())
             .with_context(|| format!("{}: metadata `step` is missing", path.display()))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
-            .with_context(|| format!("cannot read {}", path.display()))?;
         for slot in &mut self.slots {
             let get = |prefix: &str| -> Result<Tensor> {
                 let name = format!("{prefix}.{}", slot.name);
-                let t = tensors
-                    .get(&name)
-                    .with_context(|| format!("{}: tensor `{name}` is missing", path.display()))?;
-                if t.shape() != slot.var.shape() {
-                    bail!(
-                        "{}: tensor `{name}` has shape {:?}, expected {:?}",
-                        path.display(),
-                        t.dims(),
-                        slot.var.dims()
-                    );
-                }
+                let t = super::checkpoint::state_tensor(&tensors, &name, slot.var.dims(), path)?;
                 Ok(t.to_dtype(DType::F32)?)
             };
             let (m, v) = (get("exp_avg")?, get("exp_avg_sq")?);
