@@ -134,11 +134,12 @@ fn checkpoint_restores_model_optimizer_and_rng() {
         global_step: 1,
         rng: RngState::capture(&rng),
         counters,
+        meta_learners: vec![],
     };
     let dir = tmp("ckpt");
-    checkpoint::save(&dir, &model, None, &opt, &state).unwrap();
+    checkpoint::save(&dir, &model, None, &opt, &state, &|_| Ok(())).unwrap();
     // Overwriting a checkpoint leaves a complete one and no temporary folders.
-    checkpoint::save(&dir, &model, None, &opt, &state).unwrap();
+    checkpoint::save(&dir, &model, None, &opt, &state, &|_| Ok(())).unwrap();
     let parent = dir.parent().unwrap();
     let stem = dir.file_name().unwrap().to_string_lossy().to_string();
     let leftovers = std::fs::read_dir(parent).unwrap().filter(|e| {

@@ -221,6 +221,22 @@ pub fn register(api: &mut Family) {
                 .map(Pairs::new)
         },
     );
+    api.func(
+        "mismatched",
+        "(pairs: Pairs) -> Pairs",
+        "Prompt i with the responses of pair i+1 (cyclic): KTO's mismatched pairs for its reference point z0.",
+        |p: &mut Pairs| -> Pairs {
+            let n = p.0.len();
+            Pairs::new(
+                (0..n)
+                    .map(|i| Pair {
+                        prompt: p.0[i].prompt.clone(),
+                        ..p.0[(i + 1) % n].clone()
+                    })
+                    .collect(),
+            )
+        },
+    );
     api.getter(
         "Pairs",
         "chosen",

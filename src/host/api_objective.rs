@@ -3,11 +3,11 @@
 //! metrics }`: the scalar loss, the per-pair losses and TRL-named metrics for `log`.
 
 use super::api_tensor::Tensor;
-use super::opts::{number, Opts};
+use super::opts::{numbers, Opts};
 use super::registry::{error, fail, Family, Res};
-use crate::objective::{self, DpoConfig, LossOutput, SelmConfig, SimpoConfig};
+use crate::objective::{self, DpoConfig, KtoConfig, LossOutput, SelmConfig, SimpoConfig};
 use crate::score::{PairLogps, SeqLogps};
-use rhai::{Array, Dynamic, Map};
+use rhai::{Dynamic, Map};
 
 fn tensor(s: &Map, key: &str, what: &str) -> Res<candle_core::Tensor> {
     s.get(key)
@@ -42,13 +42,7 @@ fn weights(o: &Opts) -> Res<Option<candle_core::Tensor>> {
             if let Some(t) = v.clone().try_cast::<Tensor>() {
                 return Ok(Some(t.0));
             }
-            let arr = v
-                .read_lock::<Array>()
-                .ok_or_else(|| error("`weights` must be a tensor or an array of numbers"))?;
-            let vals = arr
-                .iter()
-                .map(|x| number(x).ok_or_else(|| error("`weights` must hold numbers")))
-                .collect::<Res<Vec<f64>>>()?;
+            let vals = numbers(v, "`weights`")?;
             Tensor::from_values(&vals, &candle_core::Device::Cpu)
                 .map(|t| Some(t.0))
                 .map_err(fail("weights"))
@@ -144,12 +138,61 @@ fn selm(s: &Map, policy_yref: &Tensor, reference_yref: &Tensor, opts: &Map) -> R
     output(out.map_err(fail("selm"))?)
 }
 
+/// KTO over pairs: each pair gives a desirable (chosen) and an undesirable (rejected) example;
+/// `kl` scores the mismatched pairs for z0. A pair's loss (and weight) covers both its examples.
+fn kto(s: &Map, kl: &Map, opts: &Map) -> Res<Map> {
+    let o = Opts::new("kto options", opts);
+    let w = weights(&o)?;
+    let d = KtoConfig::default();
+    let cfg = KtoConfig {
+        beta: o.f64("beta", d.beta)?,
+        desirable_weight: o.f64("desirable_weight", d.desirable_weight)?,
+        undesirable_weight: o.f64("undesirable_weight", d.undesirable_weight)?,
+    };
+    o.finish()?;
+    let both = |m: &Map, prefix: &str| -> Res<candle_core::Tensor> {
+        let c = tensor(m, &format!("{prefix}chosen"), "kto")?;
+        let r = tensor(m, &format!("{prefix}rejected"), "kto")?;
+        let r = r.to_dtype(c.dtype()).map_err(|e| fail("kto")(e.into()))?;
+        candle_core::Tensor::cat(&[&c, &r], 0).map_err(|e| fail("kto")(e.into()))
+    };
+    let policy = both(s, "")?;
+    let n = policy.dim(0).map_err(|e| fail("kto")(e.into()))? / 2;
+    let desirable: Vec<bool> = (0..2 * n).map(|i| i < n).collect();
+    let w = on_device(w, &policy)?
+        .map(|w| candle_core::Tensor::cat(&[&w, &w], 0))
+        .transpose()
+        .map_err(|e| fail("kto")(e.into()))?;
+    let (reference, kl_policy, kl_reference) = (both(s, "ref_")?, both(kl, "")?, both(kl, "ref_")?);
+    let run = || -> anyhow::Result<LossOutput> {
+        let mut out = objective::kto(
+            &policy,
+            &reference.to_dtype(policy.dtype())?,
+            &desirable,
+            &kl_policy,
+            &kl_reference.to_dtype(policy.dtype())?,
+            &cfg,
+            w.as_ref(),
+        )?;
+        let per = &out.per_example;
+        out.per_example = ((per.narrow(0, 0, n)? + per.narrow(0, n, n)?)? * 0.5)?;
+        Ok(out)
+    };
+    output(run().map_err(fail("kto"))?)
+}
+
 pub fn register(api: &mut Family) {
     api.func(
         "selm",
         "(scores: Map, policy_yref: Tensor, reference_yref: Tensor, options: Map) -> Map",
         "SELM: DPO plus α·β·[π(y_ref) - ref(y_ref)] (summed log-probs of the reference's greedy response); options beta (0.01), alpha (1e-4), weights.",
         |s: Map, p: Tensor, r: Tensor, o: Map| selm(&s, &p, &r, &o),
+    );
+    api.func(
+        "kto",
+        "(scores: Map, kl_scores: Map, options: Map) -> Map",
+        "KTO on pairs (chosen desirable, rejected undesirable); kl_scores = score(policy, reference, pairs.mismatched()) for z0; options beta (0.1), desirable_weight, undesirable_weight, weights (per pair). losses are per pair (mean of its two).",
+        |s: Map, kl: Map, o: Map| kto(&s, &kl, &o),
     );
     let docs: [(&'static str, &str); 4] = [
         ("dpo", "DPO -log σ(βΔ); options beta (0.1), label_smoothing (cDPO ε), rpo_alpha, weights."),

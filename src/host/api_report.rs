@@ -1,9 +1,13 @@
 //! report: `log(map)` appends a step to metrics.jsonl and moves the progress bar;
 //! `progress(total)` starts one; `summary(map)` adds to summary.json; `table(rows)` prints.
 
+use super::api_model::in_run;
 use super::api_tensor::Tensor;
-use super::registry::{fail, Family, Res};
+use super::opts::{numbers, Opts};
+use super::registry::{error, fail, Family, Res};
 use super::run::Run;
+use crate::report::plot::{self, Labels, Series};
+use crate::report::table;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use rhai::{Array, Dynamic, Map};
 use serde_json::Value;
@@ -55,6 +59,35 @@ fn cell(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// Draws `<name>.svg` in the run directory with `draw`, given the options title, x and y (the
+/// axis titles); returns its path.
+fn svg(
+    run: &Run,
+    what: &'static str,
+    name: &str,
+    opts: &Map,
+    draw: impl FnOnce(&std::path::Path, &Labels) -> anyhow::Result<()>,
+) -> Res<String> {
+    let o = Opts::new(what, opts);
+    let (title, x, y) = (
+        o.string("title", name)?,
+        o.string("x", "")?,
+        o.string("y", "")?,
+    );
+    o.finish()?;
+    let path = in_run(run, &format!("{name}.svg")).map_err(fail(what))?;
+    draw(
+        &path,
+        &Labels {
+            title: &title,
+            x: &x,
+            y: &y,
+        },
+    )
+    .map_err(fail(what))?;
+    Ok(path.display().to_string())
 }
 
 pub fn register(api: &mut Family, run: &Rc<Run>) {
@@ -122,6 +155,72 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
             let text = table.to_string();
             r.print(&text);
             text
+        },
+    );
+    let r = run.clone();
+    api.func(
+        "save_table",
+        "(rows: Array, columns: Array, name: String) -> String",
+        "Writes rows (maps) as <name>.csv and <name>.md in the run directory, with these columns in this order; returns the Markdown.",
+        move |rows: Array, columns: Array, name: &str| -> Res<String> {
+            let cols: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+            let rows: Vec<_> = rows
+                .iter()
+                .map(|v| {
+                    v.read_lock::<Map>()
+                        .map(|m| map_to_json(&m))
+                        .ok_or_else(|| error(format!("save_table: rows must be maps, got {v}")))
+                })
+                .collect::<Res<_>>()?;
+            let dir = r.report().map_err(fail("save_table"))?.dir().to_path_buf();
+            let (_, md) = table::write(&dir, name, &cols, &rows).map_err(fail("save_table"))?;
+            std::fs::read_to_string(&md).map_err(|e| fail("save_table")(e.into()))
+        },
+    );
+    let r = run.clone();
+    api.func(
+        "line_plot",
+        "(name: String, series: Map, options: Map) -> String",
+        "Draws <name>.svg in the run directory: one line per series (label -> array of [x, y]); options title, x, y (axis titles). Returns the path.",
+        move |name: &str, series: Map, opts: Map| -> Res<String> {
+            let series = series
+                .iter()
+                .map(|(label, v)| {
+                    let points = v
+                        .read_lock::<Array>()
+                        .ok_or_else(|| error(format!("line_plot: series `{label}` must be an array of [x, y]")))?
+                        .iter()
+                        .map(|p| match numbers(p, "line_plot point")?.as_slice() {
+                            [a, b] => Ok((*a, *b)),
+                            _ => Err(error(format!("line_plot: series `{label}`: {p} is not [x, y]"))),
+                        })
+                        .collect::<Res<Vec<_>>>()?;
+                    Ok(Series { label: label.to_string(), points })
+                })
+                .collect::<Res<Vec<_>>>()?;
+            svg(&r, "line_plot", name, &opts, |path, labels| plot::line_chart(path, labels, &series))
+        },
+    );
+    let r = run.clone();
+    api.func(
+        "box_plot",
+        "(name: String, groups: Array, options: Map) -> String",
+        "Draws <name>.svg in the run directory: one box per group (#{ label, values }), in order; options title, x, y. Returns the path.",
+        move |name: &str, groups: Array, opts: Map| -> Res<String> {
+            let groups = groups
+                .iter()
+                .map(|g| {
+                    let m = g
+                        .read_lock::<Map>()
+                        .ok_or_else(|| error(format!("box_plot: a group must be #{{ label, values }}, got {g}")))?;
+                    let label = m.get("label").map(|l| l.to_string()).unwrap_or_default();
+                    let values = m
+                        .get("values")
+                        .ok_or_else(|| error(format!("box_plot: group `{label}` has no values")))?;
+                    Ok((label, numbers(values, "box_plot values")?))
+                })
+                .collect::<Res<Vec<_>>>()?;
+            svg(&r, "box_plot", name, &opts, |path, labels| plot::box_chart(path, labels, &groups))
         },
     );
 }

@@ -1,12 +1,16 @@
 //! run: the script's parameters (`params` with `--set` overrides), its seed and random stream,
-//! and its directory.
+//! its directory, and sub-runs of other scripts (`run_script`, for comparisons).
 
 use super::api_report::to_json;
+use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
-use super::run::Run;
+use super::resolver::find_script;
+use super::run::{interrupted, Run, RunOptions};
+use super::Host;
 use rand::Rng;
 use rhai::{Array, Dynamic, Engine, Map};
 use serde_json::json;
+use std::path::Path;
 use std::rc::Rc;
 
 /// Parses `--set key=text` into the type of the parameter's default.
@@ -102,4 +106,81 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
                 .to_string())
         },
     );
+    let r = run.clone();
+    api.func(
+        "run_script",
+        "(script: String, options: Map) -> Map",
+        "Runs another script as a sub-run in <run dir>/runs/<name>: options seed (--seed), set (a map of --set values), name (<script>-s<seed>). Returns #{ dir, status, summary, metrics } (metrics: every logged step).",
+        move |script: &str, opts: Map| sub_run(&r, script, &opts),
+    );
+}
+
+/// Runs `script` in a fresh host and run of its own (sharing only the worlds already built),
+/// so a script can compare other scripts under the same seeds.
+fn sub_run(parent: &Rc<Run>, script: &str, opts: &Map) -> Res<Map> {
+    let o = Opts::new("run_script options", opts);
+    let seed = o.usize("seed", parent.options.seed as usize)? as u64;
+    let set = match o.get("set") {
+        None => Map::new(),
+        Some(v) => v
+            .read_lock::<Map>()
+            .map(|m| m.clone())
+            .ok_or_else(|| error("run_script options: `set` must be a map of parameters"))?,
+    };
+    let (name, text) = find_script(script).map_err(fail("run_script"))?;
+    let stem = Path::new(&name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "run".into());
+    let label = o.string("name", &format!("{stem}-s{seed}"))?;
+    o.finish()?;
+    let dir = parent
+        .report()
+        .map_err(fail("run_script"))?
+        .dir()
+        .join("runs")
+        .join(&label);
+    let child = Run::new(RunOptions {
+        name: stem,
+        out: Some(dir.clone()),
+        seed,
+        device: parent.options.device.clone(),
+        overrides: set
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    });
+    *child.worlds.borrow_mut() = parent.worlds.borrow().clone();
+    parent.print(&format!("[{label}] running {name}"));
+    let result = Host::new(child.clone()).run_script(&name, &text);
+    parent.worlds.borrow_mut().extend(child.worlds.take());
+    let status = match (&result, interrupted()) {
+        (Ok(()), _) => "completed",
+        (Err(_), true) => "interrupted",
+        (Err(_), false) => "failed",
+    };
+    child.finish(status).map_err(fail("run_script"))?;
+    if let Err(e) = result {
+        return Err(error(format!("run_script: {label} {status}:\n{e}")));
+    }
+    let read = || -> anyhow::Result<Map> {
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
+        let metrics = std::fs::read_to_string(dir.join("metrics.jsonl"))?
+            .lines()
+            .map(|l| Ok(serde_json::from_str::<serde_json::Value>(l)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let dynamic =
+            |v: &serde_json::Value| rhai::serde::to_dynamic(v).map_err(|e| anyhow::anyhow!("{e}"));
+        let mut m = Map::new();
+        m.insert("dir".into(), dir.display().to_string().into());
+        m.insert("status".into(), status.into());
+        m.insert("summary".into(), dynamic(&summary)?);
+        m.insert(
+            "metrics".into(),
+            dynamic(&serde_json::Value::Array(metrics))?,
+        );
+        Ok(m)
+    };
+    read().map_err(fail("run_script"))
 }

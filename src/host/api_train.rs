@@ -2,17 +2,22 @@
 //! and checkpoints. `opt.step(loss)` backpropagates; every `accumulate` calls it updates the
 //! weights and returns `#{ grad_norm, learning_rate }` (an empty map while accumulating).
 
+use super::api_meta::Learner;
 use super::api_model::{in_run, Policy};
+use super::api_report::to_json;
 use super::api_tensor::Tensor;
 use super::opts::{number, Opts};
 use super::registry::{error, fail, Family, Res};
 use super::run::Run;
+use crate::meta::MetaLearner;
+use crate::model::hf;
 use crate::train::checkpoint::{self, RngState, TrainerState};
 use crate::train::grads::Gradients;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::schedule::{Schedule, ScheduleKind};
 use rhai::{Array, Dynamic, Map};
 use std::cell::RefCell;
+use std::path::Path;
 use std::rc::Rc;
 
 pub struct OptimizerInner {
@@ -147,18 +152,96 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "checkpoint",
         "(opt: Optimizer, name: String) -> String",
-        "Writes the policy (HF dir), optimizer state and RNG to checkpoints/<name> in the run directory, atomically.",
-        move |o: &mut Optimizer, name: &str| -> Res<String> {
-            let o = o.0.borrow();
-            let dir = in_run(&r, &format!("checkpoints/{name}")).map_err(fail("checkpoint"))?;
-            let state = TrainerState {
-                global_step: o.adamw.steps(),
-                rng: RngState::capture(&r.rng.borrow()),
-                counters: Default::default(),
-            };
-            checkpoint::save(&dir, &o.policy.0.model, Some(&o.policy.0.tokenizer), &o.adamw, &state)
-                .map_err(fail("checkpoint"))?;
-            Ok(dir.display().to_string())
-        },
+        "Writes the policy (HF dir), optimizer state, RNG and annotation count to checkpoints/<name> in the run directory, atomically.",
+        move |o: &mut Optimizer, name: &str| save(&r, o, name, &Map::new()),
     );
+    let r = run.clone();
+    api.func(
+        "checkpoint",
+        "(opt: Optimizer, name: String, state: Map) -> String",
+        "checkpoint(name) plus `state`: MetaLearner values are saved beside it, other values (numbers, strings, arrays, maps) in trainer_state.json; resume() gives them back.",
+        move |o: &mut Optimizer, name: &str, state: Map| save(&r, o, name, &state),
+    );
+    let r = run.clone();
+    api.func(
+        "resume",
+        "(path: String, opt: Optimizer) -> Map",
+        "Restores the policy weights, optimizer, RNG and annotation count from a checkpoint, or from a run directory's latest one; returns the checkpoint's state map.",
+        move |path: &str, o: Optimizer| resume(&r, Path::new(path), &o),
+    );
+}
+
+const ANNOTATIONS: &str = "online/annotations";
+
+fn save(run: &Run, opt: &Optimizer, name: &str, extra: &Map) -> Res<String> {
+    let o = opt.0.borrow();
+    let mut learners = Vec::new();
+    let mut counters = serde_json::Map::new();
+    for (key, value) in extra {
+        match value.clone().try_cast::<Learner>() {
+            Some(l) => learners.push((key.to_string(), l)),
+            None => {
+                counters.insert(key.to_string(), to_json(value));
+            }
+        }
+    }
+    counters.insert(ANNOTATIONS.into(), run.annotations.get().into());
+    let dir = in_run(run, &format!("checkpoints/{name}")).map_err(fail("checkpoint"))?;
+    let state = TrainerState {
+        global_step: o.adamw.steps(),
+        rng: RngState::capture(&run.rng.borrow()),
+        counters,
+        meta_learners: learners.iter().map(|(k, _)| k.clone()).collect(),
+    };
+    let write_learners = |tmp: &Path| -> anyhow::Result<()> {
+        for (key, l) in &learners {
+            let sub = tmp.join(key);
+            std::fs::create_dir_all(&sub)?;
+            l.0.borrow().save(&sub)?;
+        }
+        Ok(())
+    };
+    let model = &o.policy.0.model;
+    checkpoint::save(
+        &dir,
+        model,
+        Some(&o.policy.0.tokenizer),
+        &o.adamw,
+        &state,
+        &write_learners,
+    )
+    .map_err(fail("checkpoint"))?;
+    Ok(dir.display().to_string())
+}
+
+fn resume(run: &Run, path: &Path, opt: &Optimizer) -> Res<Map> {
+    let load = || -> anyhow::Result<Map> {
+        let dir = checkpoint::latest(path)?;
+        let state = checkpoint::load_state(&dir)?;
+        let mut o = opt.0.borrow_mut();
+        let device = o.policy.0.model.device().clone();
+        let (saved, _) = hf::load(&dir, &device, o.policy.0.model.dtype(), false)?;
+        o.policy.0.model.assign(&saved)?;
+        o.adamw.load(&dir.join(checkpoint::OPTIMIZER))?;
+        *run.rng.borrow_mut() = state.rng.restore()?;
+        if let Some(n) = state.counters.get(ANNOTATIONS).and_then(|v| v.as_u64()) {
+            run.annotations.set(n);
+        }
+        let mut out = Map::new();
+        for (key, value) in &state.counters {
+            out.insert(
+                key.into(),
+                rhai::serde::to_dynamic(value).map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
+        }
+        for key in &state.meta_learners {
+            let l = MetaLearner::load(&dir.join(key), &device)?;
+            out.insert(key.into(), Dynamic::from(Learner(Rc::new(RefCell::new(l)))));
+        }
+        out.insert("checkpoint".into(), dir.display().to_string().into());
+        Ok(out)
+    };
+    let out = load().map_err(fail("resume"))?;
+    run.print(&format!("resumed from {}", out["checkpoint"]));
+    Ok(out)
 }

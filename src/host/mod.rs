@@ -4,6 +4,7 @@
 
 pub mod api_data;
 pub mod api_generate;
+pub mod api_meta;
 pub mod api_model;
 pub mod api_objective;
 pub mod api_report;
@@ -34,13 +35,14 @@ pub struct Host {
 }
 
 /// The API families, in the order `metaapo api` lists them.
-pub const FAMILIES: [&str; 11] = [
+pub const FAMILIES: [&str; 12] = [
     "model",
     "data",
     "score",
     "generate",
     "reward",
     "objective",
+    "meta",
     "tensor",
     "train",
     "report",
@@ -64,6 +66,12 @@ pub fn describe(v: &Dynamic) -> String {
     }
     if let Some(r) = v.clone().try_cast::<api_reward::RewardModel>() {
         return r.to_string();
+    }
+    if let Some(l) = v.clone().try_cast::<api_meta::Learner>() {
+        return l.to_string();
+    }
+    if let Some(b) = v.clone().try_cast::<api_meta::MetaBuffer>() {
+        return b.to_string();
     }
     if let Some(o) = v.clone().try_cast::<api_train::Optimizer>() {
         return o.to_string();
@@ -103,6 +111,7 @@ impl Host {
                 "generate" => api_generate::register(&mut api),
                 "reward" => api_reward::register(&mut api, &run),
                 "objective" => api_objective::register(&mut api),
+                "meta" => api_meta::register(&mut api, &run),
                 "tensor" => api_tensor::register(&mut api),
                 "train" => api_train::register(&mut api, &run),
                 "report" => api_report::register(&mut api, &run),

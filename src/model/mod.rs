@@ -93,6 +93,27 @@ impl CausalLm {
         Self::assemble(self.config.clone(), params, vec![])
     }
 
+    /// Sets every trainable variable to the same-named parameter of `other` (a resumed
+    /// checkpoint), in place, so optimizers and views keep pointing at them.
+    pub fn assign(&self, other: &CausalLm) -> Result<()> {
+        let theirs: HashMap<&str, &Tensor> =
+            other.params.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        for (name, var) in &self.vars {
+            let t = theirs
+                .get(name.as_str())
+                .with_context(|| format!("the checkpoint has no tensor `{name}`"))?;
+            if t.dims() != var.dims() {
+                bail!(
+                    "tensor `{name}` has shape {:?} in the checkpoint, {:?} in the policy",
+                    t.dims(),
+                    var.dims()
+                );
+            }
+            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        }
+        Ok(())
+    }
+
     pub fn is_trainable(&self) -> bool {
         !self.vars.is_empty()
     }

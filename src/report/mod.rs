@@ -2,6 +2,9 @@
 //! `params.json`, `run.log` (everything printed), `summary.json`, a progress bar and the final
 //! summary table. Every line is flushed as written, so an interrupted run loses nothing.
 
+pub mod plot;
+pub mod table;
+
 use crate::atomic;
 use anyhow::{Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};

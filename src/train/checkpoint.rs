@@ -86,14 +86,20 @@ pub struct TrainerState {
     /// Free-form counters owned by the training loop (epoch, annotations, ...).
     #[serde(default)]
     pub counters: serde_json::Map<String, serde_json::Value>,
+    /// Meta-learners saved alongside, each in the subdirectory of its name.
+    #[serde(default)]
+    pub meta_learners: Vec<String>,
 }
 
+/// Writes a checkpoint atomically; `extra` adds the caller's own files (meta-learners) to the
+/// same temporary directory, so the checkpoint appears whole or not at all.
 pub fn save(
     dir: &Path,
     model: &CausalLm,
     tokenizer: Option<&TextTokenizer>,
     optimizer: &AdamW,
     state: &TrainerState,
+    extra: &dyn Fn(&Path) -> Result<()>,
 ) -> Result<()> {
     atomic::write_dir(dir, |tmp| {
         hf::write_into(tmp, model, tokenizer)?;
@@ -102,16 +108,45 @@ pub fn save(
             tmp.join(TRAINER_STATE),
             serde_json::to_string_pretty(state)?,
         )?;
-        Ok(())
+        extra(tmp)
     })
     .with_context(|| format!("writing checkpoint {}", dir.display()))
 }
 
-/// Reads `trainer_state.json`; the model loads with [`hf::load`] and the optimizer with
-/// [`AdamW::load`] on `dir/optimizer.safetensors`.
+/// Reads `trainer_state.json`; the model loads with [`hf::load`] (or into a trainable one with
+/// [`CausalLm::assign`]) and the optimizer with [`AdamW::load`] on `dir/optimizer.safetensors`.
 pub fn load_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(TRAINER_STATE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is malformed", path.display()))
+}
+
+/// The checkpoint a resume should start from: `path` itself when it is one, or, for a run
+/// directory, its `checkpoints/*` with the highest global step.
+pub fn latest(path: &Path) -> Result<std::path::PathBuf> {
+    if path.join(TRAINER_STATE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let dir = path.join("checkpoints");
+    let entries = std::fs::read_dir(&dir).with_context(|| {
+        format!(
+            "{} is neither a checkpoint (no {TRAINER_STATE}) nor a run directory with checkpoints/",
+            path.display()
+        )
+    })?;
+    let mut best: Option<(u64, std::path::PathBuf)> = None;
+    for entry in entries {
+        let p = entry?.path();
+        if let Ok(state) = load_state(&p) {
+            if best
+                .as_ref()
+                .is_none_or(|(step, _)| state.global_step >= *step)
+            {
+                best = Some((state.global_step, p));
+            }
+        }
+    }
+    best.map(|(_, p)| p)
+        .with_context(|| format!("{} holds no complete checkpoint", dir.display()))
 }
