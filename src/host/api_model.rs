@@ -93,7 +93,9 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "A trainable policy from a HF directory or .gguf file (\"smollm2\" fetches SmolLM2-135M).",
         move |path: &str| -> Res<Policy> {
             let file = if path == "smollm2" {
-                fetch::ensure(&fetch::SMOLLM2).map_err(fail("load_policy"))?
+                fetch::ensure(&fetch::SMOLLM2)
+                    .map_err(fail("load_policy"))?
+                    .join(fetch::SMOLLM2_GGUF)
             } else {
                 PathBuf::from(path)
             };
