@@ -3,6 +3,7 @@
 //! counted as the run's `online/annotations`.
 
 use super::api_data::{dynamic_to_text, Pairs};
+use super::api_model::in_run;
 use super::api_world::WorldHandle;
 use super::opts::{number, Opts};
 use super::registry::{error, fail, Family, Res};
@@ -10,10 +11,10 @@ use super::run::Run;
 use crate::data::encode::{encode, EncodeConfig, Text};
 use crate::model::tokenizer::TextTokenizer;
 use crate::reward::bert::TextEncoder;
-use crate::reward::bradley_terry::{FitConfig, LinearHead};
+use crate::reward::bradley_terry::{FitConfig, LinearHead, HEAD_FILE};
 use crate::reward::classifier::SequenceClassifier;
 use crate::world::World;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rhai::{Array, Dynamic, FnPtr, Map, NativeCallContext};
 use std::path::Path;
 use std::rc::Rc;
@@ -177,6 +178,49 @@ fn accuracy(rm: &RewardModel, pairs: &Pairs) -> Result<f64> {
     ))
 }
 
+/// A BERT directory, or "minilm": all-MiniLM-L6-v2, fetched (`metaapo fetch minilm`).
+fn encoder_dir(encoder: &str) -> Result<std::path::PathBuf> {
+    match encoder {
+        "minilm" => crate::fetch::ensure(&crate::fetch::MINILM),
+        dir => Ok(Path::new(dir).to_path_buf()),
+    }
+}
+
+/// A reward model from a directory: a head saved by `rm.save(dir)` (with the encoder its
+/// metadata names), else a HF sequence classifier.
+fn load_reward(run: &Run, path: &str) -> Result<RewardModel> {
+    let dir = Path::new(path);
+    if dir.join(HEAD_FILE).is_file() {
+        let (head, encoder) = LinearHead::load(dir, &run.options.device)?;
+        let enc =
+            TextEncoder::load(&encoder_dir(&encoder)?, &run.options.device).with_context(|| {
+                format!(
+                    "the encoder {encoder:?} named by {}",
+                    dir.join(HEAD_FILE).display()
+                )
+            })?;
+        if head.weight.dims() != [enc.bert.config.hidden_size] {
+            anyhow::bail!(
+                "{}: the head has {:?} features, the encoder {encoder:?} {}",
+                dir.join(HEAD_FILE).display(),
+                head.weight.dims(),
+                enc.bert.config.hidden_size
+            );
+        }
+        return Ok(RewardModel::Embedding(Rc::new(Embedding {
+            encoder: enc,
+            head,
+            path: encoder,
+        })));
+    }
+    let (model, tokenizer) = SequenceClassifier::load(dir, &run.options.device)?;
+    Ok(RewardModel::Classifier(Rc::new(Classifier {
+        model,
+        tokenizer,
+        path: path.to_string(),
+    })))
+}
+
 fn train_reward(run: &Run, encoder: &str, pairs: &Pairs, opts: &Map) -> Res<RewardModel> {
     let o = Opts::new("train_reward options", opts);
     let d = FitConfig::default();
@@ -191,7 +235,7 @@ fn train_reward(run: &Run, encoder: &str, pairs: &Pairs, opts: &Map) -> Res<Rewa
         if pairs.0.is_empty() {
             anyhow::bail!("no pairs to fit on");
         }
-        let enc = TextEncoder::load(Path::new(encoder), &run.options.device)?;
+        let enc = TextEncoder::load(&encoder_dir(encoder)?, &run.options.device)?;
         let prompts: Vec<String> = pairs.0.iter().map(|p| p.prompt.display()).collect();
         let side = |f: fn(&crate::data::pairs::Pair) -> &Text| {
             let r: Vec<String> = pairs.0.iter().map(|p| f(p).display()).collect();
@@ -228,22 +272,28 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "load_reward",
         "(path: String) -> RewardModel",
-        "A HF *ForSequenceClassification reward model directory (Llama family; score head at the last token).",
-        move |path: &str| -> Res<RewardModel> {
-            let (model, tokenizer) = SequenceClassifier::load(Path::new(path), &r.options.device)
-                .map_err(fail("load_reward"))?;
-            Ok(RewardModel::Classifier(Rc::new(Classifier {
-                model,
-                tokenizer,
-                path: path.to_string(),
-            })))
+        "A reward model directory: one written by rm.save(dir) (a Bradley-Terry head and its encoder), or a HF *ForSequenceClassification model (Llama family; score head at the last token).",
+        move |path: &str| load_reward(&r, path).map_err(fail("load_reward")),
+    );
+    let r = run.clone();
+    api.func(
+        "save",
+        "(rm: RewardModel, dir: String) -> String",
+        "Writes a train_reward model's head to dir/reward_head.safetensors (relative to the run directory), naming its encoder; load_reward(dir) reads it back. Returns the directory.",
+        move |rm: &mut RewardModel, dir: &str| -> Res<String> {
+            let RewardModel::Embedding(e) = rm else {
+                return Err(error(format!("save: only a train_reward model can be saved, not {rm}")));
+            };
+            let dir = in_run(&r, dir).map_err(fail("save"))?;
+            crate::atomic::write_dir(&dir, |tmp| e.head.save(tmp, &e.path)).map_err(fail("save"))?;
+            Ok(dir.display().to_string())
         },
     );
     let r = run.clone();
     api.func(
         "train_reward",
         "(encoder: String, pairs: Pairs, options: Map) -> RewardModel",
-        "Fits a linear Bradley-Terry head on a BERT sentence encoder's features of the pairs: epochs (200), lr (0.05), weight_decay, seed.",
+        "Fits a linear Bradley-Terry head on a BERT sentence encoder's features of the pairs (encoder: a directory, or \"minilm\", fetched): epochs (200), lr (0.05), weight_decay, seed.",
         move |enc: &str, pairs: Pairs, opts: Map| train_reward(&r, enc, &pairs, &opts),
     );
     api.func(

@@ -3,13 +3,16 @@
 //! difference, so the head is `r(e) = w·e`.
 
 use crate::objective::log_sigmoid;
+use crate::train::checkpoint::read_state;
 use crate::train::grads::Gradients;
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use anyhow::{bail, Result};
-use candle_core::{DType, Tensor, Var, D};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FitConfig {
@@ -45,7 +48,44 @@ pub struct LinearHead {
     pub weight: Tensor,
 }
 
+/// The file a saved head lives in, with the encoder it reads in its metadata.
+pub const HEAD_FILE: &str = "reward_head.safetensors";
+
 impl LinearHead {
+    /// Writes the head into `dir/reward_head.safetensors`, recording `encoder` (a directory, or
+    /// a `metaapo fetch` name) so the reward model can be rebuilt from the file alone.
+    pub fn save(&self, dir: &Path, encoder: &str) -> Result<()> {
+        let meta = HashMap::from([("encoder".to_string(), encoder.to_string())]);
+        safetensors::serialize_to_file([("weight", &self.weight)], Some(meta), &dir.join(HEAD_FILE))
+            .with_context(|| format!("cannot write {}", dir.join(HEAD_FILE).display()))
+    }
+
+    /// Reads a head written by [`LinearHead::save`]; returns it with its encoder.
+    pub fn load(dir: &Path, device: &Device) -> Result<(Self, String)> {
+        let path = dir.join(HEAD_FILE);
+        let (tensors, metadata) = read_state(&path, device)?;
+        let encoder = metadata
+            .get("encoder")
+            .with_context(|| format!("{}: metadata `encoder` is missing", path.display()))?
+            .clone();
+        let weight = tensors
+            .get("weight")
+            .with_context(|| format!("{}: tensor `weight` is missing", path.display()))?;
+        if weight.rank() != 1 {
+            bail!(
+                "{}: `weight` has shape {:?}, expected (hidden,)",
+                path.display(),
+                weight.dims()
+            );
+        }
+        Ok((
+            Self {
+                weight: weight.clone(),
+            },
+            encoder,
+        ))
+    }
+
     /// Rewards `(N,)` of features `(N, hidden)`.
     pub fn rewards(&self, features: &Tensor) -> Result<Tensor> {
         Ok(features
