@@ -332,3 +332,46 @@ fn sharded_checkpoints_load() {
     assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_malformed_preference_line_names_the_file_line_and_field() {
+    let dir = tmp("jsonl");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = r#"{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}], "rejected": "go away"}"#;
+    let cases = [
+        ("bad-json", r#"{"prompt": "x", "chosen": "#, "invalid JSON"),
+        (
+            "no-chosen",
+            r#"{"prompt": "x", "rejected": "y"}"#,
+            "missing field `chosen`",
+        ),
+        (
+            "empty-prompt",
+            r#"{"prompt": "  ", "chosen": "a", "rejected": "b"}"#,
+            "field `prompt` is empty",
+        ),
+        (
+            "no-messages",
+            r#"{"prompt": [], "chosen": "a", "rejected": "b"}"#,
+            "field `prompt` is empty",
+        ),
+        (
+            "bad-message",
+            r#"{"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}"#,
+            "`prompt[0]` needs string fields",
+        ),
+    ];
+    for (name, line, want) in cases {
+        let path = dir.join(format!("{name}.jsonl"));
+        // Line 1 is good, line 2 blank (skipped), line 3 bad.
+        std::fs::write(&path, format!("{good}\n\n{line}\n")).unwrap();
+        let err = format!("{:#}", metaapo::data::pairs::load_pairs(&path).unwrap_err());
+        assert!(
+            err.contains(&format!("{}:3", path.display())) && err.contains(want),
+            "{name}: {err}"
+        );
+    }
+    let path = dir.join("good.jsonl");
+    std::fs::write(&path, format!("{good}\n")).unwrap();
+    assert_eq!(metaapo::data::pairs::load_pairs(&path).unwrap().len(), 1);
+}

@@ -81,6 +81,19 @@ fn at(path: &Path, line: usize, index: usize) -> String {
     }
 }
 
+/// The `prompt` field, which must say something: an empty string or message list is an error.
+fn prompt_field(v: &Value) -> Result<Text> {
+    let prompt = text_field(v, "prompt")?;
+    let empty = match &prompt {
+        Text::Plain(s) => s.trim().is_empty(),
+        Text::Chat(m) => m.is_empty(),
+    };
+    if empty {
+        bail!("field `prompt` is empty");
+    }
+    Ok(prompt)
+}
+
 pub fn load_pairs(path: &Path) -> Result<Vec<Pair>> {
     records(path)?
         .into_iter()
@@ -88,7 +101,7 @@ pub fn load_pairs(path: &Path) -> Result<Vec<Pair>> {
         .map(|(i, (line, v))| {
             let field = |f| text_field(&v, f).with_context(|| at(path, line, i));
             Ok(Pair {
-                prompt: field("prompt")?,
+                prompt: prompt_field(&v).with_context(|| at(path, line, i))?,
                 chosen: field("chosen")?,
                 rejected: field("rejected")?,
             })
@@ -100,6 +113,6 @@ pub fn load_prompts(path: &Path) -> Result<Vec<Text>> {
     records(path)?
         .into_iter()
         .enumerate()
-        .map(|(i, (line, v))| text_field(&v, "prompt").with_context(|| at(path, line, i)))
+        .map(|(i, (line, v))| prompt_field(&v).with_context(|| at(path, line, i)))
         .collect()
 }
