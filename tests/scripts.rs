@@ -398,3 +398,91 @@ fn api_lists_every_family_with_docs() {
     }
     assert!(docs.iter().all(|d| !d["doc"].as_str().unwrap().is_empty()));
 }
+
+#[test]
+fn a_world_from_files_runs_the_scripts_unchanged() {
+    use metaapo::world::{World, WorldConfig};
+    // The tiny world's policy and pairs written out as a user's files, with the tiny
+    // sequence-classifier fixture (given the same tokenizer) as the reward model.
+    let dir = scratch("file-world");
+    let tiny = WorldConfig::preset("tiny").unwrap();
+    let world = World::build(tiny, &candle_core::Device::Cpu, &mut |_, _, _| Ok(())).unwrap();
+    let files = dir.join("files");
+    metaapo::model::hf::save(
+        &files.join("policy"),
+        &world.policy(false).unwrap(),
+        Some(&world.tokenizer),
+    )
+    .unwrap();
+    let rm = files.join("reward");
+    std::fs::create_dir_all(&rm).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama_rm");
+    for f in ["config.json", metaapo::model::hf::WEIGHTS] {
+        std::fs::copy(fixtures.join(f), rm.join(f)).unwrap();
+    }
+    world.tokenizer.save(&rm).unwrap();
+    let line = |p: &metaapo::data::pairs::Pair| {
+        serde_json::json!({ "prompt": p.prompt.display(), "chosen": p.chosen.display(),
+                            "rejected": p.rejected.display() })
+        .to_string()
+    };
+    let pairs: Vec<String> = world.pairs.iter().take(24).map(line).collect();
+    std::fs::write(files.join("pairs.jsonl"), pairs.join("\n")).unwrap();
+    let eval: Vec<String> = world
+        .eval_prompts()
+        .iter()
+        .take(6)
+        .map(|p| serde_json::json!({ "prompt": p.display() }).to_string())
+        .collect();
+    std::fs::write(files.join("eval.jsonl"), eval.join("\n")).unwrap();
+    let spec = files.join("world.json");
+    std::fs::write(
+        &spec,
+        r#"{"policy": "policy", "reward": "reward", "pairs": "pairs.jsonl", "eval": "eval.jsonl",
+            "lr": 1e-4, "max_new_tokens": 4}"#,
+    )
+    .unwrap();
+    let set_world = format!("world={}", spec.display());
+    for (name, extra) in [
+        ("dpo.rhai", vec![]),
+        ("online_dpo.rhai", vec!["k=2", "prompts=8"]),
+        ("selective_dpo.rhai", vec![]),
+        ("metaapo_dpo.rhai", vec!["k=2", "t_meta=1", "batch=4"]),
+    ] {
+        let out = dir.join(name);
+        let mut args = vec![name, "--set", &set_world];
+        for e in &extra {
+            args.extend(["--set", e]);
+        }
+        let o = script(&dir, &out, &args);
+        assert!(o.status.success(), "{name}: {:?}", text(&o));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        let after = &summary["after"];
+        assert!(
+            after["eval/reward"].is_f64() && after["eval/win_rate"].is_f64(),
+            "{name}: {summary}"
+        );
+        assert!(after.get("eval/gold_reward").is_none(), "{name}");
+    }
+    // MetaAPO wrote a checkpoint of the file world's policy that loads back.
+    let ckpt = dir.join("metaapo_dpo.rhai/checkpoints/iteration-2");
+    let (model, tok) = metaapo::model::hf::load(
+        &ckpt,
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+        false,
+    )
+    .unwrap();
+    assert!(tok.is_some() && model.num_parameters() > 0);
+
+    // A spec with an unknown key is refused with the file's name.
+    std::fs::write(&spec, r#"{"policy": "policy", "reward": "reward", "pairs": "pairs.jsonl", "eval": "eval.jsonl", "epochs": 3}"#).unwrap();
+    let o = script(&dir, &dir.join("bad"), &["dpo.rhai", "--set", &set_world]);
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("world.json") && err.contains("epochs"),
+        "{err}"
+    );
+}

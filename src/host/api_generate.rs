@@ -26,7 +26,8 @@ fn strings(o: &Opts, key: &'static str) -> Res<Vec<String>> {
     }
 }
 
-fn run(policy: &Policy, prompts: &Array, opts: &Map) -> Res<Array> {
+/// Samples for `prompts` with generate's options (shared with file worlds' `evaluate`).
+pub fn run(policy: &Policy, prompts: &Array, opts: &Map) -> Res<Array> {
     let o = Opts::new("generate options", opts);
     let d = SampleConfig::default();
     let cfg = SampleConfig {

@@ -2,12 +2,13 @@
 //! `load_policy` reads HF directories and GGUF files; `frozen()` makes a reference copy that
 //! shares nothing mutable and caches its log-probs per sequence.
 
-use super::registry::{error, fail, Family, Res};
+use super::registry::{fail, Family, Res};
 use super::run::Run;
 use crate::data::encode::EncodeConfig;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::{hf, CausalLm};
 use crate::{fetch, load_pretrained};
+use anyhow::Context;
 use candle_core::DType;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -84,6 +85,18 @@ pub fn in_run(run: &Run, path: &str) -> anyhow::Result<PathBuf> {
     Ok(run.report()?.dir().join(p))
 }
 
+/// A policy from a HF directory, a `.gguf` file, or "smollm2" (fetched), trainable or frozen.
+pub fn policy_from(run: &Run, path: &str, trainable: bool) -> anyhow::Result<Policy> {
+    let file = if path == "smollm2" {
+        fetch::ensure(&fetch::SMOLLM2)?.join(fetch::SMOLLM2_GGUF)
+    } else {
+        PathBuf::from(path)
+    };
+    let (model, tok) = load_pretrained(&file, &run.options.device, DType::F32, trainable)?;
+    let tok = tok.with_context(|| format!("{path} has no tokenizer (tokenizer.json)"))?;
+    Ok(Policy::new(model, tok, path))
+}
+
 pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.ty::<Policy>("Policy");
     let r = run.clone();
@@ -91,23 +104,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "load_policy",
         "(path: String) -> Policy",
         "A trainable policy from a HF directory or .gguf file (\"smollm2\" fetches SmolLM2-135M).",
-        move |path: &str| -> Res<Policy> {
-            let file = if path == "smollm2" {
-                fetch::ensure(&fetch::SMOLLM2)
-                    .map_err(fail("load_policy"))?
-                    .join(fetch::SMOLLM2_GGUF)
-            } else {
-                PathBuf::from(path)
-            };
-            let (model, tok) = load_pretrained(&file, &r.options.device, DType::F32, true)
-                .map_err(fail("load_policy"))?;
-            let tok = tok.ok_or_else(|| {
-                error(format!(
-                    "load_policy: {path} has no tokenizer (tokenizer.json)"
-                ))
-            })?;
-            Ok(Policy::new(model, tok, path))
-        },
+        move |path: &str| policy_from(&r, path, true).map_err(fail("load_policy")),
     );
     api.func(
         "frozen",

@@ -54,7 +54,7 @@ impl std::fmt::Display for RewardModel {
 
 impl RewardModel {
     /// One reward per prompt/response pair.
-    fn rewards(&self, prompts: &[Text], responses: &[Text]) -> Result<Vec<f64>> {
+    pub fn rewards(&self, prompts: &[Text], responses: &[Text]) -> Result<Vec<f64>> {
         match self {
             RewardModel::World(w) => prompts
                 .iter()
@@ -188,7 +188,7 @@ fn encoder_dir(encoder: &str) -> Result<std::path::PathBuf> {
 
 /// A reward model from a directory: a head saved by `rm.save(dir)` (with the encoder its
 /// metadata names), else a HF sequence classifier.
-fn load_reward(run: &Run, path: &str) -> Result<RewardModel> {
+pub fn load_reward(run: &Run, path: &str) -> Result<RewardModel> {
     let dir = Path::new(path);
     if dir.join(HEAD_FILE).is_file() {
         let (head, encoder) = LinearHead::load(dir, &run.options.device)?;
@@ -265,8 +265,11 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "World",
         "reward",
         "RewardModel",
-        "The world's annotator as a reward model (gold reward plus fixed per-text noise).",
-        |w: &mut WorldHandle| RewardModel::World(w.0.clone()),
+        "The world's reward model: for a built-in world its annotator (gold reward plus fixed per-text noise).",
+        |w: &mut WorldHandle| match w {
+            WorldHandle::Builtin(b) => RewardModel::World(b.clone()),
+            WorldHandle::Files(f) => f.reward.clone(),
+        },
     );
     let r = run.clone();
     api.func(

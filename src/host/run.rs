@@ -45,6 +45,8 @@ pub struct Run {
     /// Whether the script called `params`, which consumes the overrides.
     pub params_read: Cell<bool>,
     pub worlds: RefCell<HashMap<String, Rc<World>>>,
+    /// Worlds from files opened so far, by spec.
+    pub file_worlds: RefCell<HashMap<String, Rc<crate::host::file_world::FileWorld>>>,
     /// Reward annotations made by `annotate` so far (`online/annotations`).
     pub annotations: Cell<u64>,
 }
@@ -57,6 +59,7 @@ impl Run {
             report: RefCell::new(None),
             params_read: Cell::new(false),
             worlds: RefCell::new(HashMap::new()),
+            file_worlds: RefCell::new(HashMap::new()),
             annotations: Cell::new(0),
         })
     }

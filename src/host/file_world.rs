@@ -1,0 +1,175 @@
+//! A world built from files, so every script runs unchanged on a user's own model and data:
+//! a policy (HF directory, `.gguf`, or "smollm2"), a reward model (`load_reward` directory),
+//! TRL preference pairs, training prompts and evaluation prompts. With no gold reward, `evaluate`
+//! reports the reward model's mean reward on the evaluation prompts and the win rate against the
+//! initial policy (greedy or seeded samples, the same prompts for both).
+
+use super::api_data::text_to_dynamic;
+use super::api_generate;
+use super::api_model::{policy_from, Policy};
+use super::api_reward::{load_reward, RewardModel};
+use super::run::Run;
+use crate::data::encode::Text;
+use crate::data::pairs::{load_pairs, load_prompts, Pair};
+use anyhow::{bail, Context, Result};
+use rhai::{Array, Dynamic, Map};
+use serde::Deserialize;
+use serde_json::Value;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+/// `world.json`: paths are relative to the file; `policy` may also be "smollm2", `reward` a
+/// directory written by `rm.save`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorldSpec {
+    pub policy: String,
+    pub reward: String,
+    pub pairs: String,
+    /// Training prompts; the pairs' prompts when absent.
+    pub prompts: Option<String>,
+    pub eval: String,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// 0 evaluates greedily.
+    #[serde(default)]
+    pub eval_temperature: f64,
+}
+
+fn default_lr() -> f64 {
+    5e-7
+}
+
+fn default_max_new_tokens() -> usize {
+    64
+}
+
+impl WorldSpec {
+    /// Reads a spec file; its relative paths become relative to the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut spec: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a world spec", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut String| {
+            if p != "smollm2" && Path::new(p.as_str()).is_relative() {
+                *p = base.join(p.as_str()).display().to_string();
+            }
+        };
+        for p in [
+            &mut spec.policy,
+            &mut spec.reward,
+            &mut spec.pairs,
+            &mut spec.eval,
+        ] {
+            resolve(p);
+        }
+        if let Some(p) = spec.prompts.as_mut() {
+            resolve(p);
+        }
+        Ok(spec)
+    }
+
+    /// A spec from a script map with the same keys.
+    pub fn from_map(m: &Map) -> Result<Self> {
+        let json: Value = super::api_report::to_json(&Dynamic::from_map(m.clone()));
+        serde_json::from_value(json).context("world options")
+    }
+}
+
+pub struct FileWorld {
+    pub name: String,
+    pub spec: WorldSpec,
+    /// The initial policy, frozen: the win-rate baseline.
+    initial: Policy,
+    pub reward: RewardModel,
+    pub pairs: Vec<Pair>,
+    pub prompts: Vec<Text>,
+    pub eval: Vec<Text>,
+    /// The initial policy's evaluation rewards, computed on first use.
+    baseline: RefCell<Option<Vec<f64>>>,
+}
+
+impl FileWorld {
+    pub fn open(run: &Run, name: &str, spec: WorldSpec) -> Result<Self> {
+        let initial = policy_from(run, &spec.policy, false)?;
+        let reward = load_reward(run, &spec.reward)
+            .with_context(|| format!("the world's reward {:?}", spec.reward))?;
+        let pairs = load_pairs(Path::new(&spec.pairs))?;
+        let prompts = match &spec.prompts {
+            Some(p) => load_prompts(Path::new(p))?,
+            None => pairs.iter().map(|p| p.prompt.clone()).collect(),
+        };
+        let eval = load_prompts(Path::new(&spec.eval))?;
+        if pairs.is_empty() || eval.is_empty() {
+            bail!("a world needs at least one pair and one evaluation prompt");
+        }
+        Ok(Self {
+            name: name.to_string(),
+            spec,
+            initial,
+            reward,
+            pairs,
+            prompts,
+            eval,
+            baseline: RefCell::new(None),
+        })
+    }
+
+    /// A fresh trainable copy of the initial policy, read again from its files.
+    pub fn policy(&self, run: &Run) -> Result<Policy> {
+        policy_from(run, &self.spec.policy, true)
+    }
+
+    /// The reward model's rewards of one answer per evaluation prompt (not counted as
+    /// annotations: evaluation is not training data).
+    fn eval_rewards(&self, policy: &Policy) -> Result<Vec<f64>> {
+        let prompts: Array = self.eval.iter().map(text_to_dynamic).collect();
+        let mut opts = Map::new();
+        opts.insert(
+            "temperature".into(),
+            Dynamic::from_float(self.spec.eval_temperature),
+        );
+        opts.insert(
+            "max_new_tokens".into(),
+            Dynamic::from_int(self.spec.max_new_tokens as i64),
+        );
+        let samples = api_generate::run(policy, &prompts, &opts)
+            .map_err(|e| anyhow::anyhow!("evaluate: {e}"))?;
+        let responses: Vec<Text> = samples
+            .iter()
+            .map(|s| {
+                let m = s.read_lock::<Map>().expect("generate returns maps");
+                Text::Plain(m["response"].to_string())
+            })
+            .collect();
+        self.reward.rewards(&self.eval, &responses)
+    }
+
+    /// `eval/reward` (mean reward-model score) and `eval/win_rate` against the initial policy.
+    pub fn evaluate(&self, policy: &Policy) -> Result<Map> {
+        if self.baseline.borrow().is_none() {
+            let b = self.eval_rewards(&self.initial)?;
+            *self.baseline.borrow_mut() = Some(b);
+        }
+        let rewards = self.eval_rewards(policy)?;
+        let baseline = self.baseline.borrow();
+        let baseline = baseline.as_ref().expect("computed above");
+        let mut m = Map::new();
+        let mean = rewards.iter().sum::<f64>() / rewards.len() as f64;
+        m.insert("eval/reward".into(), Dynamic::from_float(mean));
+        m.insert(
+            "eval/win_rate".into(),
+            Dynamic::from_float(crate::reward::win_rate(&rewards, baseline)),
+        );
+        Ok(m)
+    }
+}
+
+/// A world spec's path, if `name` names one.
+pub fn spec_path(name: &str) -> Option<PathBuf> {
+    name.ends_with(".json").then(|| PathBuf::from(name))
+}
