@@ -158,7 +158,9 @@ fn decode(
     let width = input.ids.dim(1)?;
     let mut logits = model
         .forward(&input, Some(&mut cache))?
-        .i((.., width - 1))?;
+        .i((.., width - 1))?
+        .detach();
+    cache.detach();
     let mut out: Vec<(Vec<u32>, bool)> = vec![(vec![], false); b];
     for step in 0..cfg.max_new_tokens {
         let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
@@ -188,7 +190,11 @@ fn decode(
             key_valid: key_valid.clone(),
         };
         next_pos.iter_mut().for_each(|p| *p += 1);
-        logits = model.forward(&step_input, Some(&mut cache))?.i((.., 0))?;
+        logits = model
+            .forward(&step_input, Some(&mut cache))?
+            .i((.., 0))?
+            .detach();
+        cache.detach();
     }
     Ok(out)
 }

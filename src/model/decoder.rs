@@ -102,6 +102,16 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Cuts the cached keys and values from the autograd graph. Generating with a trainable
+    /// model otherwise chains every step's activations to the next through the cache, and
+    /// keeps them all alive (gigabytes for SmolLM2 over 64 tokens).
+    pub fn detach(&mut self) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.detach();
+            *v = v.detach();
+        }
+    }
 }
 
 /// One forward's input: token ids `(B, T)`, their positions `(B, T)`, and for every key (cached
