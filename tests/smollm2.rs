@@ -252,8 +252,9 @@ fn converted_directory_loads_back_identically() {
 
 #[test]
 fn a_short_metaapo_run_on_smollm2_checkpoints_a_model_that_reloads() {
-    // The committed preference set and MiniLM reward head, 4 pairs, K = 2, 8 new tokens, one
-    // iteration, 4 evaluation prompts: the whole real-model path through a world from files.
+    // The committed preference set and MiniLM reward head; 4 pairs in 2 policy steps, K = 2,
+    // 8 new tokens, one iteration, 4 evaluation prompts: the real-model path through a world
+    // from files.
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::temp_dir().join(format!("metaapo-smollm2-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -278,7 +279,7 @@ fn a_short_metaapo_run_on_smollm2_checkpoints_a_model_that_reloads() {
             "--set",
             "k=2",
             "--set",
-            "batch=4",
+            "batch=2",
         ])
         .arg("--out")
         .arg(&out)
@@ -326,4 +327,76 @@ fn a_short_metaapo_run_on_smollm2_checkpoints_a_model_that_reloads() {
     assert_eq!(logp(&trained), logp(&reloaded));
     assert_ne!(logp(&trained), logp(&model().0));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn fetch_prints_the_cache_and_a_converted_hf_directory() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_metaapo"))
+        .args(["fetch", "smollm2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(std::path::Path::new(lines[0])
+        .join(metaapo::fetch::SMOLLM2_GGUF)
+        .is_file());
+    let (converted, tok) = hf::load(
+        std::path::Path::new(lines[1]),
+        &Device::Cpu,
+        DType::F32,
+        false,
+    )
+    .unwrap();
+    let (m, _) = model();
+    let ids = tok
+        .unwrap()
+        .encode("<|im_start|>user\nHi<|im_end|>\n")
+        .unwrap();
+    let input = collate(&[&ids[..]], 0, Padding::Right, &Device::Cpu).unwrap();
+    let logits = |model: &CausalLm| -> Vec<f32> {
+        let out = model.forward(&input, None).unwrap();
+        out.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    assert!(
+        logits(m) == logits(&converted),
+        "the converted directory computes different logits"
+    );
+}
+
+#[test]
+fn a_chat_prompt_is_answered_through_chatml_and_stops_at_im_end() {
+    let (m, tok) = model();
+    let prompt = Text::Chat(vec![Message::new("user", "What is the capital of France?")]);
+    let (text, _) =
+        metaapo::data::encode::render(tok, &prompt, &Text::Plain(String::new())).unwrap();
+    assert!(text.ends_with("<|im_start|>assistant\n"), "{text:?}");
+    let im_end = tok.encode("<|im_end|>").unwrap();
+    assert_eq!(im_end.len(), 1);
+    let mut stops = vec![tok.eos_token_id];
+    stops.extend(&m.config.eos_token_ids);
+    assert!(
+        stops.contains(&im_end[0]),
+        "<|im_end|> ({im_end:?}) is not a stop token: {stops:?}"
+    );
+    let cfg = metaapo::generate::SampleConfig {
+        temperature: 0.0,
+        max_new_tokens: 40,
+        ..Default::default()
+    };
+    let samples = metaapo::generate::generate(
+        m,
+        &[tok.encode(&text).unwrap()],
+        &metaapo::generate::Stop::tokens(&stops),
+        tok.pad_token_id,
+        &cfg,
+    )
+    .unwrap();
+    let answer = tok.decode(&samples[0].tokens, false).unwrap();
+    assert!(samples[0].finished, "no stop within 40 tokens: {answer:?}");
+    assert!(
+        answer.contains("Paris") && !answer.contains("<|im"),
+        "{answer:?}"
+    );
 }
