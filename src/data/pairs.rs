@@ -28,6 +28,9 @@ impl Text {
     }
 }
 
+/// The roles of TRL's conversational format, which chat templates know.
+pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
 fn text_field(v: &Value, field: &str) -> Result<Text> {
     match v.get(field) {
         Some(Value::String(s)) => Ok(Text::Plain(s.clone())),
@@ -38,7 +41,11 @@ fn text_field(v: &Value, field: &str) -> Result<Text> {
                 let role = m.get("role").and_then(Value::as_str);
                 let content = m.get("content").and_then(Value::as_str);
                 match (role, content) {
-                    (Some(r), Some(c)) => Ok(Message::new(r, c)),
+                    (Some(r), Some(c)) if ROLES.contains(&r) => Ok(Message::new(r, c)),
+                    (Some(r), Some(_)) => bail!(
+                        "field `{field}[{i}].role`: {r:?} is not a chat role (one of {})",
+                        ROLES.join(", ")
+                    ),
                     _ => bail!("`{field}[{i}]` needs string fields `role` and `content`"),
                 }
             })
@@ -52,8 +59,7 @@ fn text_field(v: &Value, field: &str) -> Result<Text> {
 /// Records of a `.jsonl` file (one object per line, blank lines skipped) or a `.json` array,
 /// each with the 1-based line it starts on (0 for a JSON array).
 fn records(path: &Path) -> Result<Vec<(usize, Value)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = super::text::read_text(path)?;
     if path.extension().is_some_and(|e| e == "json") {
         let v: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", path.display()))?;
@@ -94,25 +100,40 @@ fn prompt_field(v: &Value) -> Result<Text> {
     Ok(prompt)
 }
 
-pub fn load_pairs(path: &Path) -> Result<Vec<Pair>> {
+/// The pairs of a file, each with where it is (`file:line`, or `file record i` in a JSON array).
+pub fn located_pairs(path: &Path) -> Result<Vec<(String, Pair)>> {
     records(path)?
         .into_iter()
         .enumerate()
         .map(|(i, (line, v))| {
-            let field = |f| text_field(&v, f).with_context(|| at(path, line, i));
-            Ok(Pair {
-                prompt: prompt_field(&v).with_context(|| at(path, line, i))?,
+            let here = at(path, line, i);
+            let field = |f| text_field(&v, f).with_context(|| here.clone());
+            let pair = Pair {
+                prompt: prompt_field(&v).with_context(|| here.clone())?,
                 chosen: field("chosen")?,
                 rejected: field("rejected")?,
-            })
+            };
+            Ok((here, pair))
+        })
+        .collect()
+}
+
+pub fn load_pairs(path: &Path) -> Result<Vec<Pair>> {
+    Ok(located_pairs(path)?.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The prompts of a file, each with where it is, as [`located_pairs`].
+pub fn located_prompts(path: &Path) -> Result<Vec<(String, Text)>> {
+    records(path)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, (line, v))| {
+            let here = at(path, line, i);
+            Ok((here.clone(), prompt_field(&v).with_context(|| here)?))
         })
         .collect()
 }
 
 pub fn load_prompts(path: &Path) -> Result<Vec<Text>> {
-    records(path)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, (line, v))| prompt_field(&v).with_context(|| at(path, line, i)))
-        .collect()
+    Ok(located_prompts(path)?.into_iter().map(|(_, t)| t).collect())
 }

@@ -2,7 +2,10 @@
 //! `load_policy` reads HF directories and GGUF files; `frozen()` makes a reference copy that
 //! shares nothing mutable and caches its log-probs per sequence.
 
+use super::opts::Opts;
 use super::registry::{fail, Family, Res};
+use crate::atomic::Replace;
+use rhai::Map;
 use super::run::Run;
 use crate::data::encode::EncodeConfig;
 use crate::model::tokenizer::TextTokenizer;
@@ -97,6 +100,32 @@ pub fn policy_from(run: &Run, path: &str, trainable: bool) -> anyhow::Result<Pol
     Ok(Policy::new(model, tok, path))
 }
 
+/// `overwrite` in a save's options, as the replacement rule of [`crate::atomic`].
+pub fn replace_rule(what: &str, opts: &Map) -> Res<Replace> {
+    let o = Opts::new(what, opts);
+    let overwrite = o.bool("overwrite", false)?;
+    o.finish()?;
+    Ok(if overwrite {
+        Replace::SameKind
+    } else {
+        Replace::Never
+    })
+}
+
+fn save(run: &Run, p: &Policy, dir: &str, opts: &Map) -> Res<String> {
+    let replace = replace_rule("save options", opts)?;
+    let path = in_run(run, dir).map_err(fail("save"))?;
+    hf::save(
+        &path,
+        &p.0.model,
+        Some(&p.0.tokenizer),
+        replace,
+        "pass save(dir, #{ overwrite: true })",
+    )
+    .map_err(fail("save"))?;
+    Ok(path.display().to_string())
+}
+
 pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.ty::<Policy>("Policy");
     let r = run.clone();
@@ -116,12 +145,15 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "save",
         "(policy: Policy, dir: String) -> String",
-        "Saves a HF directory (atomically); a relative dir is inside the run directory. Returns the path.",
-        move |p: &mut Policy, dir: &str| -> Res<String> {
-            let path = in_run(&r, dir).map_err(fail("save"))?;
-            hf::save(&path, &p.0.model, Some(&p.0.tokenizer)).map_err(fail("save"))?;
-            Ok(path.display().to_string())
-        },
+        "Saves a HF directory (atomically); a relative dir is inside the run directory. Refuses a folder that is not empty, unless it holds a model saved earlier and overwrite is set (save(dir, #{ overwrite: true })). Returns the path.",
+        move |p: &mut Policy, dir: &str| save(&r, p, dir, &Map::new()),
+    );
+    let r = run.clone();
+    api.func(
+        "save",
+        "(policy: Policy, dir: String, options: Map) -> String",
+        "save(dir) with options: overwrite (false): replace a model saved there earlier (files metaapo did not write stay).",
+        move |p: &mut Policy, dir: &str, opts: Map| save(&r, p, dir, &opts),
     );
     api.getter(
         "Policy",

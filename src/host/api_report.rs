@@ -49,6 +49,12 @@ pub fn to_json(v: &Dynamic) -> Value {
     v.to_string().into()
 }
 
+/// JSON as a script value (objects become maps), e.g. a checkpoint's state or a sub-run's
+/// metrics.
+pub fn from_json(v: &Value) -> anyhow::Result<Dynamic> {
+    rhai::serde::to_dynamic(v).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 pub fn map_to_json(m: &Map) -> serde_json::Map<String, Value> {
     m.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect()
 }

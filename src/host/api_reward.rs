@@ -3,7 +3,7 @@
 //! counted as the run's `online/annotations`.
 
 use super::api_data::{dynamic_to_text, Pairs};
-use super::api_model::in_run;
+use super::api_model::{in_run, replace_rule};
 use super::api_world::WorldHandle;
 use super::opts::{number, Opts};
 use super::registry::{error, fail, Family, Res};
@@ -259,6 +259,20 @@ fn train_reward(run: &Run, encoder: &str, pairs: &Pairs, opts: &Map) -> Res<Rewa
     fit().map_err(fail("train_reward"))
 }
 
+fn save_head(run: &Run, rm: &RewardModel, dir: &str, opts: &Map) -> Res<String> {
+    let RewardModel::Embedding(e) = rm else {
+        return Err(error(format!("save: only a train_reward model can be saved, not {rm}")));
+    };
+    let replace = replace_rule("save options", opts)?;
+    let dir = in_run(run, dir).map_err(fail("save"))?;
+    let hint = "pass save(dir, #{ overwrite: true })";
+    crate::atomic::write_dir(&dir, "reward head", replace, hint, |tmp| {
+        e.head.save(tmp, &e.path)
+    })
+    .map_err(fail("save"))?;
+    Ok(dir.display().to_string())
+}
+
 pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.ty::<RewardModel>("RewardModel");
     api.getter(
@@ -282,15 +296,15 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "save",
         "(rm: RewardModel, dir: String) -> String",
-        "Writes a train_reward model's head to dir/reward_head.safetensors (relative to the run directory), naming its encoder; load_reward(dir) reads it back. Returns the directory.",
-        move |rm: &mut RewardModel, dir: &str| -> Res<String> {
-            let RewardModel::Embedding(e) = rm else {
-                return Err(error(format!("save: only a train_reward model can be saved, not {rm}")));
-            };
-            let dir = in_run(&r, dir).map_err(fail("save"))?;
-            crate::atomic::write_dir(&dir, |tmp| e.head.save(tmp, &e.path)).map_err(fail("save"))?;
-            Ok(dir.display().to_string())
-        },
+        "Writes a train_reward model's head to dir/reward_head.safetensors (relative to the run directory), naming its encoder; load_reward(dir) reads it back. Refuses a non-empty folder that holds no head saved earlier. Returns the directory.",
+        move |rm: &mut RewardModel, dir: &str| save_head(&r, rm, dir, &Map::new()),
+    );
+    let r = run.clone();
+    api.func(
+        "save",
+        "(rm: RewardModel, dir: String, options: Map) -> String",
+        "save(dir) with options: overwrite (false): replace a head saved there earlier.",
+        move |rm: &mut RewardModel, dir: &str, opts: Map| save_head(&r, rm, dir, &opts),
     );
     let r = run.clone();
     api.func(

@@ -1,7 +1,8 @@
 //! run: the script's parameters (`params` with `--set` overrides), its seed and random stream,
 //! its directory, and sub-runs of other scripts (`run_script`, for comparisons).
 
-use super::api_report::to_json;
+use super::api_report::{from_json, to_json};
+use crate::report::{read_metrics, METRICS};
 use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use super::resolver::find_script;
@@ -140,6 +141,16 @@ fn sub_run(parent: &Rc<Run>, script: &str, opts: &Map) -> Res<Map> {
         .dir()
         .join("runs")
         .join(&label);
+    let mut parents = parent.options.parents.clone();
+    parents.push(parent.options.name.clone());
+    let limit = parent.options.limits.max_sub_runs;
+    if parents.len() > limit {
+        return Err(error(format!(
+            "run_script: sub-runs would nest {} deep ({} -> {stem}), past --max-sub-runs {limit}",
+            parents.len(),
+            parents.join(" -> ")
+        )));
+    }
     let child = Run::new(RunOptions {
         name: stem,
         out: Some(dir.clone()),
@@ -149,6 +160,8 @@ fn sub_run(parent: &Rc<Run>, script: &str, opts: &Map) -> Res<Map> {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        limits: parent.options.limits,
+        parents,
     });
     *child.worlds.borrow_mut() = parent.worlds.borrow().clone();
     parent.print(&format!("[{label}] running {name}"));
@@ -166,19 +179,17 @@ fn sub_run(parent: &Rc<Run>, script: &str, opts: &Map) -> Res<Map> {
     let read = || -> anyhow::Result<Map> {
         let summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
-        let metrics = std::fs::read_to_string(dir.join("metrics.jsonl"))?
-            .lines()
-            .map(|l| Ok(serde_json::from_str::<serde_json::Value>(l)?))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let dynamic =
-            |v: &serde_json::Value| rhai::serde::to_dynamic(v).map_err(|e| anyhow::anyhow!("{e}"));
+        let (metrics, warning) = read_metrics(&dir.join(METRICS))?;
+        if let Some(w) = warning {
+            parent.print(&w);
+        }
         let mut m = Map::new();
         m.insert("dir".into(), dir.display().to_string().into());
         m.insert("status".into(), status.into());
-        m.insert("summary".into(), dynamic(&summary)?);
+        m.insert("summary".into(), from_json(&summary)?);
         m.insert(
             "metrics".into(),
-            dynamic(&serde_json::Value::Array(metrics))?,
+            from_json(&serde_json::Value::Array(metrics))?,
         );
         Ok(m)
     };

@@ -4,7 +4,7 @@
 
 use super::api_meta::Learner;
 use super::api_model::{in_run, Policy};
-use super::api_report::to_json;
+use super::api_report::{from_json, to_json};
 use super::api_tensor::Tensor;
 use super::opts::{number, Opts};
 use super::registry::{error, fail, Family, Res};
@@ -174,6 +174,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
 const ANNOTATIONS: &str = "online/annotations";
 
 fn save(run: &Run, opt: &Optimizer, name: &str, extra: &Map) -> Res<String> {
+    checkpoint::check_name(name).map_err(fail("checkpoint"))?;
     let o = opt.0.borrow();
     let mut learners = Vec::new();
     let mut counters = serde_json::Map::new();
@@ -229,10 +230,7 @@ fn resume(run: &Run, path: &Path, opt: &Optimizer) -> Res<Map> {
         }
         let mut out = Map::new();
         for (key, value) in &state.counters {
-            out.insert(
-                key.into(),
-                rhai::serde::to_dynamic(value).map_err(|e| anyhow::anyhow!("{e}"))?,
-            );
+            out.insert(key.into(), from_json(value)?);
         }
         for key in &state.meta_learners {
             let l = MetaLearner::load(&dir.join(key), &device)?;

@@ -2,10 +2,11 @@
 //! under the column, then the chain of calls and imports that led there.
 
 use super::resolver::Sources;
-use rhai::{EvalAltResult, Position};
+use super::limits::Limits;
+use rhai::{EvalAltResult, ParseErrorType, Position};
 
-/// Renders `err`, raised while running the source named `main`.
-pub fn render(err: &EvalAltResult, main: &str, sources: &Sources) -> String {
+/// Renders `err`, raised while running the source named `main` under `limits`.
+pub fn render(err: &EvalAltResult, main: &str, sources: &Sources, limits: &Limits) -> String {
     let mut frames = vec![];
     let mut file = main.to_string();
     let mut e = err;
@@ -26,7 +27,7 @@ pub fn render(err: &EvalAltResult, main: &str, sources: &Sources) -> String {
             _ => break,
         }
     }
-    let mut out = format!("error: {}", message(e));
+    let mut out = format!("error: {}", message(e, limits));
     out += &location(&file, e.position(), sources);
     for (file, pos, what) in frames.iter().rev() {
         out += &format!("\n  {what}, at {}", at(file, *pos));
@@ -34,10 +35,35 @@ pub fn render(err: &EvalAltResult, main: &str, sources: &Sources) -> String {
     out
 }
 
-fn message(e: &EvalAltResult) -> String {
+fn message(e: &EvalAltResult, limits: &Limits) -> String {
+    let past = |what: &str, flag: &str, value: usize| {
+        format!("{what}, past the limit of {value} (raise it with --{flag} N)")
+    };
     match e {
         EvalAltResult::ErrorRuntime(d, _) if d.is_string() => d.to_string(),
         EvalAltResult::ErrorTerminated(..) => "interrupted".to_string(),
+        EvalAltResult::ErrorStackOverflow(_) => past(
+            "function calls nest too deep",
+            "max-call-depth",
+            limits.max_call_depth,
+        ),
+        EvalAltResult::ErrorDataTooLarge(what, _) => match what.as_str() {
+            w if w.starts_with("Size of array") => {
+                past("an array grew too large", "max-array", limits.max_array)
+            }
+            w if w.starts_with("Length of string") => {
+                past("a string grew too long", "max-string", limits.max_string)
+            }
+            w if w.starts_with("Size of object map") => {
+                past("a map grew too large", "max-map", limits.max_map)
+            }
+            w => format!("{w} is too large"),
+        },
+        EvalAltResult::ErrorParsing(ParseErrorType::ExprTooDeep, _) => past(
+            "an expression nests too deep",
+            "max-expr-depth",
+            limits.max_expr_depth,
+        ),
         // Display appends " (line L, position C)", which the location line already shows.
         other => {
             let text = other.to_string();

@@ -9,8 +9,8 @@ use super::api_generate;
 use super::api_model::{policy_from, Policy};
 use super::api_reward::{load_reward, RewardModel};
 use super::run::Run;
-use crate::data::encode::Text;
-use crate::data::pairs::{load_pairs, load_prompts, Pair};
+use crate::data::encode::{render, Text};
+use crate::data::pairs::{located_pairs, located_prompts, Pair};
 use anyhow::{bail, Context, Result};
 use rhai::{Array, Dynamic, Map};
 use serde::Deserialize;
@@ -49,9 +49,7 @@ fn default_max_new_tokens() -> usize {
 impl WorldSpec {
     /// Reads a spec file; its relative paths become relative to the file's directory.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut spec: Self = serde_json::from_str(&text)
+        let mut spec: Self = crate::data::text::read_json(path)
             .with_context(|| format!("{} is not a world spec", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut String| {
@@ -70,13 +68,34 @@ impl WorldSpec {
         if let Some(p) = spec.prompts.as_mut() {
             resolve(p);
         }
+        spec.validate()
+            .with_context(|| path.display().to_string())?;
         Ok(spec)
     }
 
     /// A spec from a script map with the same keys.
     pub fn from_map(m: &Map) -> Result<Self> {
         let json: Value = super::api_report::to_json(&Dynamic::from_map(m.clone()));
-        serde_json::from_value(json).context("world options")
+        let spec: Self = crate::data::text::from_value(json).context("world options")?;
+        spec.validate().context("world options")?;
+        Ok(spec)
+    }
+
+    /// The values a world needs, checked when it is read rather than when first used.
+    fn validate(&self) -> Result<()> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("field `lr` must be a positive number, got {}", self.lr);
+        }
+        if !(self.eval_temperature.is_finite() && self.eval_temperature >= 0.0) {
+            bail!(
+                "field `eval_temperature` must be 0 (greedy) or positive, got {}",
+                self.eval_temperature
+            );
+        }
+        if self.max_new_tokens == 0 {
+            bail!("field `max_new_tokens` must be at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -98,15 +117,35 @@ impl FileWorld {
         let initial = policy_from(run, &spec.policy, false)?;
         let reward = load_reward(run, &spec.reward)
             .with_context(|| format!("the world's reward {:?}", spec.reward))?;
-        let pairs = load_pairs(Path::new(&spec.pairs))?;
+        let pairs = located_pairs(Path::new(&spec.pairs))?;
         let prompts = match &spec.prompts {
-            Some(p) => load_prompts(Path::new(p))?,
-            None => pairs.iter().map(|p| p.prompt.clone()).collect(),
+            Some(p) => located_prompts(Path::new(p))?,
+            None => pairs.iter().map(|(at, p)| (at.clone(), p.prompt.clone())).collect(),
         };
-        let eval = load_prompts(Path::new(&spec.eval))?;
-        if pairs.is_empty() || eval.is_empty() {
-            bail!("a world needs at least one pair and one evaluation prompt");
+        let eval = located_prompts(Path::new(&spec.eval))?;
+        for (field, file, empty) in [
+            ("pairs", &spec.pairs, pairs.is_empty()),
+            ("prompts", spec.prompts.as_ref().unwrap_or(&spec.pairs), prompts.is_empty()),
+            ("eval", &spec.eval, eval.is_empty()),
+        ] {
+            if empty {
+                bail!("{file} (the world's `{field}`) holds no records; a world needs at least one");
+            }
         }
+        // Every example must render with the policy's chat template now, not at its first use.
+        let tok = &initial.0.tokenizer;
+        let template = |at: &str| format!("{at}: the policy's chat template");
+        for (at, p) in &pairs {
+            for response in [&p.chosen, &p.rejected] {
+                render(tok, &p.prompt, response).with_context(|| template(at))?;
+            }
+        }
+        for (at, t) in prompts.iter().chain(&eval) {
+            render(tok, t, &Text::Plain(String::new())).with_context(|| template(at))?;
+        }
+        let strip = |v: Vec<(String, Text)>| v.into_iter().map(|(_, t)| t).collect();
+        let pairs = pairs.into_iter().map(|(_, p)| p).collect();
+        let (prompts, eval) = (strip(prompts), strip(eval));
         Ok(Self {
             name: name.to_string(),
             spec,

@@ -16,6 +16,7 @@ pub mod api_train;
 pub mod api_world;
 pub mod errors;
 pub mod file_world;
+pub mod limits;
 pub mod opts;
 pub mod registry;
 pub mod repl;
@@ -87,7 +88,7 @@ impl Host {
     pub fn new(run: Rc<Run>) -> Self {
         let mut engine = Engine::new();
         engine.set_strict_variables(true);
-        engine.set_max_call_levels(256);
+        run.options.limits.apply(&mut engine);
         let sources = Sources::default();
         engine.set_module_resolver(Resolver::new(sources.clone()));
         let r = run.clone();
@@ -136,19 +137,38 @@ impl Host {
         let mut ast = self
             .engine
             .compile_with_scope(scope, text)
-            .map_err(|e| errors::render(&e.into(), name, &self.sources))?;
+            .map_err(|e| errors::render(&e.into(), name, &self.sources, &self.run.options.limits))?;
         ast.set_source(name);
         Ok(ast)
     }
 
-    /// Compiles a script and every module it imports, running nothing.
+    /// Compiles a script and every module it imports (each import resolved where it stands,
+    /// so an error points at its line), running nothing but the modules' top levels.
     pub fn check(&self, name: &str, text: &str) -> Result<(), String> {
-        self.sources.add(name, text);
-        self.sources.set_main(name);
-        self.engine
-            .compile_into_self_contained(&Scope::new(), text)
-            .map(|_| ())
-            .map_err(|e| errors::render(&e, name, &self.sources))
+        let ast = self.compile(name, text, &Scope::new())?;
+        let resolver = self.engine.module_resolver();
+        let mut result = Ok(());
+        ast.walk(&mut |path| {
+            if let Some(rhai::ASTNode::Stmt(rhai::Stmt::Import(x, _))) = path.last() {
+                if let rhai::Expr::StringConstant(module, pos) = &x.0 {
+                    result = resolver
+                        .resolve(&self.engine, Some(name), module, *pos)
+                        .map(|_| ());
+                }
+            }
+            result.is_ok()
+        });
+        result.map_err(|e| errors::render(&e, name, &self.sources, &self.run.options.limits))
+    }
+
+    /// Whether the script may read `--set`: it calls `params` itself, or imports modules that
+    /// might. Checked before running, so a `--set` that nothing can read is refused at once.
+    pub fn may_read_params(ast: &AST) -> bool {
+        !ast.walk(&mut |path| match path.last() {
+            Some(rhai::ASTNode::Stmt(rhai::Stmt::Import(..))) => false,
+            Some(rhai::ASTNode::Expr(rhai::Expr::FnCall(f, _))) => f.name != "params",
+            _ => true,
+        })
     }
 
     /// Runs a script to the end; errors come back rendered.
@@ -157,6 +177,6 @@ impl Host {
         let ast = self.compile(name, text, &scope)?;
         self.engine
             .run_ast_with_scope(&mut scope, &ast)
-            .map_err(|e| errors::render(&e, name, &self.sources))
+            .map_err(|e| errors::render(&e, name, &self.sources, &self.run.options.limits))
     }
 }

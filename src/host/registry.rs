@@ -101,20 +101,29 @@ impl<'a> Family<'a> {
 
 /// A host error as a script error: "`name`: message", positioned at the call by Rhai.
 pub fn fail(name: &'static str) -> impl Fn(anyhow::Error) -> Box<EvalAltResult> {
-    move |e| {
-        Box::new(EvalAltResult::ErrorRuntime(
-            format!("{name}: {e:#}").into(),
-            Position::NONE,
-        ))
-    }
+    move |e| error(format!("{name}: {e:#}"))
 }
 
 /// A script error with a message.
 pub fn error(msg: impl Into<String>) -> Box<EvalAltResult> {
     Box::new(EvalAltResult::ErrorRuntime(
-        Dynamic::from(msg.into()),
+        Dynamic::from(once_each(&msg.into())),
         Position::NONE,
     ))
+}
+
+/// Names each function once: the engine and the host may both prefix a message with the
+/// same name (`generate: generate: ...`); a prefix repeated right after itself is dropped.
+fn once_each(msg: &str) -> String {
+    let mut parts: Vec<&str> = vec![];
+    for part in msg.split(": ") {
+        let name_like = !part.is_empty() && !part.contains(char::is_whitespace);
+        if name_like && parts.last() == Some(&part) {
+            continue;
+        }
+        parts.push(part);
+    }
+    parts.join(": ")
 }
 
 pub type Res<T> = Result<T, Box<EvalAltResult>>;

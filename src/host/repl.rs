@@ -132,7 +132,7 @@ impl Repl {
         match out {
             Ok(v) if v.is_unit() => String::new(),
             Ok(v) => super::describe(&v),
-            Err(e) => super::errors::render(&e, name, &self.host.sources),
+            Err(e) => super::errors::render(&e, name, &self.host.sources, &self.host.run.options.limits),
         }
     }
 
@@ -266,7 +266,21 @@ impl Repl {
                     }
                 }
                 Err(ReadlineError::Interrupted) => buffer.clear(),
-                Err(ReadlineError::Eof) => break,
+                Err(ReadlineError::Eof) => {
+                    if !buffer.trim().is_empty() {
+                        eprintln!(
+                            "error: the input ended with {} bracket(s) still open; not run:\n{}",
+                            open_brackets(&buffer),
+                            buffer.trim_end()
+                        );
+                    }
+                    break;
+                }
+                // The line is consumed, so the session can go on with the next one.
+                Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    eprintln!("error: that input line is not UTF-8; it was ignored");
+                    buffer.clear();
+                }
                 Err(e) => return Err(e.into()),
             }
         }

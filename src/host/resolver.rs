@@ -29,7 +29,7 @@ impl Sources {
         self.0.borrow_mut().1 = Some(name.into());
     }
 
-    fn main(&self) -> Option<String> {
+    pub fn main(&self) -> Option<String> {
         self.0.borrow().1.clone()
     }
 
@@ -51,9 +51,7 @@ fn with_ext(name: &str) -> String {
 pub fn find_script(name: &str) -> anyhow::Result<(String, String)> {
     let local = Path::new(name);
     if local.is_file() {
-        let text = std::fs::read_to_string(local)
-            .map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
-        return Ok((name.to_string(), text));
+        return Ok((name.to_string(), crate::data::text::read_text(local)?));
     }
     let bare = with_ext(name.trim_start_matches("scripts/"));
     if let Some(f) = SCRIPTS.get_file(&bare) {
@@ -71,6 +69,15 @@ pub fn find_script(name: &str) -> anyhow::Result<(String, String)> {
 pub struct Resolver {
     sources: Sources,
     cache: RefCell<HashMap<String, Shared<Module>>>,
+    /// The modules being evaluated, outermost first: an import of one of them is a cycle.
+    importing: RefCell<Vec<String>>,
+}
+
+/// The same file whatever path reached it (`a.rhai`, `./a.rhai`, `lib/../a.rhai`).
+fn identity(name: &str) -> String {
+    std::fs::canonicalize(name)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| name.to_string())
 }
 
 impl Resolver {
@@ -78,11 +85,28 @@ impl Resolver {
         Self {
             sources,
             cache: RefCell::new(HashMap::new()),
+            importing: RefCell::new(vec![]),
         }
     }
 
-    /// The module's display name and text: next to the importer, else the bundled stdlib.
-    fn locate(&self, importer: Option<&str>, path: &str) -> Option<(String, String)> {
+    /// The import chain that `name` would close into a cycle, e.g. `a.rhai -> b.rhai -> a.rhai`.
+    fn cycle(&self, name: &str) -> Option<String> {
+        let mut chain: Vec<String> = self.sources.main().into_iter().collect();
+        chain.extend(self.importing.borrow().iter().cloned());
+        let me = identity(name);
+        let start = chain.iter().position(|c| identity(c) == me)?;
+        let mut shown = chain[start..].to_vec();
+        shown.push(name.to_string());
+        Some(shown.join(" -> "))
+    }
+
+    /// The module's display name and text (or why it cannot be read): next to the importer,
+    /// else the bundled stdlib.
+    fn locate(
+        &self,
+        importer: Option<&str>,
+        path: &str,
+    ) -> Option<(String, Result<String, String>)> {
         let file = with_ext(path);
         let main = self.sources.main();
         let dir = importer
@@ -94,7 +118,7 @@ impl Resolver {
             .unwrap_or_else(|| PathBuf::from("."));
         let local = dir.join(&file);
         if local.is_file() {
-            let text = std::fs::read_to_string(&local).ok()?;
+            let text = crate::data::text::read_text(&local).map_err(|e| format!("{e:#}"));
             let name = local
                 .strip_prefix(".")
                 .unwrap_or(&local)
@@ -106,7 +130,7 @@ impl Resolver {
         STDLIB.get_file(bare).map(|f| {
             (
                 format!("stdlib/{bare}"),
-                f.contents_utf8().unwrap_or_default().to_string(),
+                Ok(f.contents_utf8().unwrap_or_default().to_string()),
             )
         })
     }
@@ -133,16 +157,24 @@ impl rhai::ModuleResolver for Resolver {
                 pos,
             )));
         };
+        let text = text.map_err(|e| Box::new(EvalAltResult::ErrorRuntime(e.into(), pos)))?;
         if let Some(m) = self.cache.borrow().get(&name) {
             return Ok(m.clone());
+        }
+        if let Some(chain) = self.cycle(&name) {
+            return Err(Box::new(EvalAltResult::ErrorRuntime(
+                format!("import cycle: {chain}").into(),
+                pos,
+            )));
         }
         self.sources.add(&name, &text);
         let in_module = |e| Box::new(EvalAltResult::ErrorInModule(name.clone(), e, pos));
         let mut ast = engine.compile(&text).map_err(|e| in_module(e.into()))?;
         ast.set_source(name.as_str());
-        let module: Shared<Module> = Module::eval_ast_as_new(Scope::new(), &ast, engine)
-            .map_err(in_module)?
-            .into();
+        self.importing.borrow_mut().push(name.clone());
+        let module = Module::eval_ast_as_new(Scope::new(), &ast, engine);
+        self.importing.borrow_mut().pop();
+        let module: Shared<Module> = module.map_err(in_module)?.into();
         self.cache.borrow_mut().insert(name, module.clone());
         Ok(module)
     }

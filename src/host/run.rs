@@ -2,6 +2,7 @@
 //! overrides), its random stream, its report (opened on first use, so `check` and `api` never
 //! create a run directory), and the worlds built so far.
 
+use super::limits::Limits;
 use crate::report::Report;
 use crate::world::World;
 use anyhow::Result;
@@ -36,6 +37,9 @@ pub struct RunOptions {
     pub device: Device,
     /// `--set key=value`, in order.
     pub overrides: Vec<(String, String)>,
+    pub limits: Limits,
+    /// The scripts of the runs this one is a sub-run of, outermost first.
+    pub parents: Vec<String>,
 }
 
 pub struct Run {

@@ -1,4 +1,5 @@
-use crate::train::checkpoint::{read_state, state_tensor};
+use crate::model::weights;
+use crate::train::checkpoint::state_tensor;
 use crate::train::grads::Gradients;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use anyhow::{bail, Context, Result};
@@ -204,7 +205,7 @@ impl MetaLearner {
     /// Restores a learner written by [`MetaLearner::save`].
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let path = dir.join(PARAMS);
-        let (tensors, metadata) = read_state(&path, device)?;
+        let (tensors, metadata) = weights::read(&path, device)?;
         let config: MetaConfig = metadata
             .get("config")
             .and_then(|c| serde_json::from_str(c).ok())

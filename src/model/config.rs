@@ -109,9 +109,8 @@ struct RawConfig {
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read model config {}", path.display()))?;
-        Self::from_json_str(&text).with_context(|| format!("in {}", path.display()))
+        let raw: Value = crate::data::text::read_json(path)?;
+        Self::from_json(raw).with_context(|| format!("in {}", path.display()))
     }
 
     pub fn from_json_str(text: &str) -> Result<Self> {
@@ -120,8 +119,7 @@ impl ModelConfig {
     }
 
     pub fn from_json(raw: Value) -> Result<Self> {
-        let c: RawConfig = serde_json::from_value(raw.clone())
-            .context("config is missing a required field or has a field of the wrong type")?;
+        let c: RawConfig = crate::data::text::from_value(raw.clone())?;
         // `architectures` decides; `model_type` only when it is absent.
         let names: Vec<String> = match &c.architectures {
             Some(a) if !a.is_empty() => a.clone(),

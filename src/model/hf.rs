@@ -37,8 +37,7 @@ pub fn load(
 }
 
 fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, device)
-        .with_context(|| format!("cannot read safetensors file {}", path.display()))
+    Ok(super::weights::read(path, device)?.0)
 }
 
 pub fn read_weights(dir: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, String)> {
@@ -50,10 +49,10 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<(HashMap<String, Tens
         ));
     }
     let index_path = dir.join(INDEX);
-    let text = std::fs::read_to_string(&index_path)
-        .with_context(|| format!("{} has neither {WEIGHTS} nor {INDEX}", dir.display()))?;
-    let index: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", index_path.display()))?;
+    if !index_path.exists() {
+        bail!("{} has neither {WEIGHTS} nor {INDEX}", dir.display());
+    }
+    let index: Value = crate::data::text::read_json(&index_path)?;
     let map = index
         .get("weight_map")
         .and_then(Value::as_object)
@@ -89,9 +88,19 @@ fn torch_dtype(dtype: DType) -> &'static str {
     }
 }
 
-/// Writes `model` (and its tokenizer) as a HF directory, atomically.
-pub fn save(dir: &Path, model: &CausalLm, tokenizer: Option<&TextTokenizer>) -> Result<()> {
-    atomic::write_dir(dir, |tmp| write_into(tmp, model, tokenizer))
+/// The kind of folder [`save`] writes (see [`atomic`]).
+pub const KIND: &str = "model";
+
+/// Writes `model` (and its tokenizer) as a HF directory, atomically; an earlier saved model in
+/// `dir` is replaced only with [`atomic::Replace::SameKind`] (`hint` says how a user asks).
+pub fn save(
+    dir: &Path,
+    model: &CausalLm,
+    tokenizer: Option<&TextTokenizer>,
+    replace: atomic::Replace,
+    hint: &str,
+) -> Result<()> {
+    atomic::write_dir(dir, KIND, replace, hint, |tmp| write_into(tmp, model, tokenizer))
         .with_context(|| format!("saving the model to {}", dir.display()))
 }
 
@@ -108,10 +117,13 @@ pub fn write_into(dir: &Path, model: &CausalLm, tokenizer: Option<&TextTokenizer
         .iter()
         .map(|(n, t)| (n.as_str(), t))
         .collect();
+    atomic::fault_point("config.json");
     safetensors::serialize_to_file(tensors, Some(metadata), &dir.join(WEIGHTS))
         .context("cannot write model.safetensors")?;
+    atomic::fault_point(WEIGHTS);
     if let Some(tok) = tokenizer {
         tok.save(dir)?;
+        atomic::fault_point("the tokenizer files");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod hf;
 pub mod init;
 pub mod template;
 pub mod tokenizer;
+pub mod weights;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -51,6 +52,7 @@ impl CausalLm {
                     t.dims()
                 );
             }
+            weights::check(&name, &t, source)?;
             let t = t.to_dtype(dtype)?.contiguous()?;
             if trainable {
                 let v = Var::from_tensor(&t)?;

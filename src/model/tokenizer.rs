@@ -2,6 +2,7 @@
 
 use super::config::ModelConfig;
 use super::template::ChatTemplate;
+use crate::data::text::{read_json, read_text};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -74,13 +75,12 @@ impl TextTokenizer {
     /// tokens missing from tokenizer_config.json fall back to the model config's ids.
     pub fn from_hf_dir(dir: &Path, config: &ModelConfig) -> Result<Self> {
         let tok_path = dir.join("tokenizer.json");
-        let tok_json = std::fs::read_to_string(&tok_path)
-            .with_context(|| format!("cannot read {}", tok_path.display()))?;
+        let tok_json = read_text(&tok_path)?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(text) => serde_json::from_str(&text)
-                .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?,
-            Err(_) => json!({}),
+        let cfg: Value = if cfg_path.exists() {
+            read_json(&cfg_path)?
+        } else {
+            json!({})
         };
         let inner: tokenizers::Tokenizer = tok_json
             .parse()

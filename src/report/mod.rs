@@ -15,6 +15,35 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub const METRICS: &str = "metrics.jsonl";
+
+/// The records of a `metrics.jsonl`. A last line without its newline is what a killed run
+/// leaves: it is skipped, and the warning returned says so. Any other bad line is an error
+/// naming the file and line.
+pub fn read_metrics(path: &Path) -> Result<(Vec<Value>, Option<String>)> {
+    let text = crate::data::text::read_text(path)?;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut records = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(v) => records.push(v),
+            Err(_) if i + 1 == lines.len() && !line.ends_with('\n') => {
+                let warning = format!(
+                    "warning: {}:{}: skipped a torn last line (the run was killed while writing it)",
+                    path.display(),
+                    i + 1
+                );
+                return Ok((records, Some(warning)));
+            }
+            Err(e) => anyhow::bail!("{}:{}: invalid JSON: {e}", path.display(), i + 1),
+        }
+    }
+    Ok((records, None))
+}
+
 pub struct Report {
     dir: PathBuf,
     metrics: File,
@@ -28,22 +57,27 @@ pub struct Report {
 }
 
 impl Report {
-    /// Creates `dir` (it may exist, but must not hold another run's metrics).
+    /// Creates `dir` (it may exist, but must not hold another run's metrics), and removes the
+    /// temporary folders that a killed checkpoint write left in it.
     pub fn open(dir: &Path) -> Result<Self> {
-        if dir.join("metrics.jsonl").exists() {
+        if dir.join(METRICS).exists() {
             anyhow::bail!(
                 "{} already holds a run (metrics.jsonl); choose another --out",
                 dir.display()
             );
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        atomic::clean_stale(&dir.join("checkpoints"));
         let open = |name: &str| {
-            File::create(dir.join(name))
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
                 .with_context(|| format!("cannot create {}", dir.join(name).display()))
         };
         Ok(Self {
             dir: dir.to_path_buf(),
-            metrics: open("metrics.jsonl")?,
+            metrics: open(METRICS)?,
             log: open("run.log")?,
             step: 0,
             bar: None,
@@ -65,8 +99,12 @@ impl Report {
             None => self.step + 1,
         };
         record.insert("step".into(), self.step.into());
-        writeln!(self.metrics, "{}", Value::Object(record.clone()))?;
-        self.metrics.flush()?;
+        // One write per line, so a kill leaves at most a torn last line (see `read_metrics`).
+        let mut line = Value::Object(record.clone()).to_string();
+        line.push('\n');
+        self.metrics
+            .write_all(line.as_bytes())
+            .with_context(|| format!("cannot write {}", self.dir.join(METRICS).display()))?;
         for (k, v) in &record {
             self.first.entry(k.clone()).or_insert_with(|| v.clone());
             self.last.insert(k.clone(), v.clone());

@@ -3,7 +3,7 @@
 //! difference, so the head is `r(e) = w·e`.
 
 use crate::objective::log_sigmoid;
-use crate::train::checkpoint::read_state;
+use crate::model::weights;
 use crate::train::grads::Gradients;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use anyhow::{bail, Context, Result};
@@ -63,7 +63,7 @@ impl LinearHead {
     /// Reads a head written by [`LinearHead::save`]; returns it with its encoder.
     pub fn load(dir: &Path, device: &Device) -> Result<(Self, String)> {
         let path = dir.join(HEAD_FILE);
-        let (tensors, metadata) = read_state(&path, device)?;
+        let (tensors, metadata) = weights::read(&path, device)?;
         let encoder = metadata
             .get("encoder")
             .with_context(|| format!("{}: metadata `encoder` is missing", path.display()))?

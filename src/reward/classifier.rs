@@ -67,10 +67,7 @@ impl SequenceClassifier {
     /// Loads a HF directory whose config names a `*ForSequenceClassification` architecture.
     pub fn load(dir: &Path, device: &Device) -> Result<(Self, TextTokenizer)> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let config: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let config: Value = crate::data::text::read_json(&path)?;
         if !is_classifier(&config) {
             bail!(
                 "{}: `architectures` names no *ForSequenceClassification model",

@@ -5,7 +5,7 @@ use super::optimizer::AdamW;
 use crate::atomic;
 use crate::model::{hf, tokenizer::TextTokenizer, CausalLm};
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -14,22 +14,25 @@ use std::path::Path;
 
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 pub const TRAINER_STATE: &str = "trainer_state.json";
+/// The kind of folder a checkpoint is (see [`atomic`]).
+pub const KIND: &str = "checkpoint";
 
-/// A safetensors file's tensors and its metadata, with errors naming the file.
-pub fn read_state(
-    path: &Path,
-    device: &Device,
-) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-    let metadata = header.metadata().clone().unwrap_or_default();
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok((tensors, metadata))
+/// A checkpoint name must be one plain folder name, so it stays inside `checkpoints/`.
+pub fn check_name(name: &str) -> Result<()> {
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !atomic::is_temporary(name);
+    if !plain {
+        bail!(
+            "checkpoint name {name:?} must be a plain folder name (no `/`, `\\`, leading `.` or \
+             `.tmp-`), so that it stays inside the run's checkpoints/"
+        );
+    }
+    Ok(())
 }
 
-/// Tensor `name` of a file read by [`read_state`], checked to have shape `dims`.
+/// Tensor `name` of a file read by [`crate::model::weights::read`], checked to have shape `dims`.
 pub fn state_tensor(
     tensors: &HashMap<String, Tensor>,
     name: &str,
@@ -101,14 +104,19 @@ pub fn save(
     state: &TrainerState,
     extra: &dyn Fn(&Path) -> Result<()>,
 ) -> Result<()> {
-    atomic::write_dir(dir, |tmp| {
+    // A checkpoint is the run's own output: writing one again replaces it.
+    atomic::write_dir(dir, KIND, atomic::Replace::SameKind, "", |tmp| {
         hf::write_into(tmp, model, tokenizer)?;
         optimizer.save(&tmp.join(OPTIMIZER))?;
+        atomic::fault_point(OPTIMIZER);
         std::fs::write(
             tmp.join(TRAINER_STATE),
             serde_json::to_string_pretty(state)?,
         )?;
-        extra(tmp)
+        atomic::fault_point(TRAINER_STATE);
+        extra(tmp)?;
+        atomic::fault_point("the caller's files");
+        Ok(())
     })
     .with_context(|| format!("writing checkpoint {}", dir.display()))
 }
@@ -117,15 +125,23 @@ pub fn save(
 /// [`CausalLm::assign`]) and the optimizer with [`AdamW::load`] on `dir/optimizer.safetensors`.
 pub fn load_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(TRAINER_STATE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is malformed", path.display()))
+    crate::data::text::read_json(&path)
 }
 
-/// The checkpoint a resume should start from: `path` itself when it is one, or, for a run
-/// directory, its `checkpoints/*` with the highest global step.
+/// The checkpoint a resume should start from: `path` itself when it is a complete one, or, for a
+/// run directory, its complete `checkpoints/*` with the highest global step. A checkpoint is
+/// complete once its marker is written (last); temporary folders of an interrupted write are
+/// never chosen, and those of dead processes are removed here.
 pub fn latest(path: &Path) -> Result<std::path::PathBuf> {
     if path.join(TRAINER_STATE).is_file() {
+        if !atomic::is_complete(path, KIND) {
+            bail!(
+                "{} is an incomplete checkpoint (no {} marker: its write was interrupted); \
+                 resume from its run directory or an earlier checkpoint",
+                path.display(),
+                atomic::MARKER
+            );
+        }
         return Ok(path.to_path_buf());
     }
     let dir = path.join("checkpoints");
@@ -135,9 +151,15 @@ pub fn latest(path: &Path) -> Result<std::path::PathBuf> {
             path.display()
         )
     })?;
+    atomic::clean_stale(&dir);
     let mut best: Option<(u64, std::path::PathBuf)> = None;
     for entry in entries {
-        let p = entry?.path();
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let p = entry.path();
+        if atomic::is_temporary(&name) || !atomic::is_complete(&p, KIND) {
+            continue;
+        }
         if let Ok(state) = load_state(&p) {
             if best
                 .as_ref()

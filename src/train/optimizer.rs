@@ -204,7 +204,7 @@ impl AdamW {
 
     /// Restores moments and step count written by [`AdamW::save`] for the same parameters.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let (tensors, metadata) = super::checkpoint::read_state(path, &candle_core::Device::Cpu)?;
+        let (tensors, metadata) = crate::model::weights::read(path, &candle_core::Device::Cpu)?;
         let step = metadata
             .get("step")
             .and_then(|s| s.parse::<u64>().ok())

@@ -6,6 +6,7 @@ pub mod task;
 pub mod vocab;
 pub mod warmup;
 
+use crate::atomic::Replace;
 use crate::data::encode::Text;
 use crate::data::pairs::Pair;
 use crate::fetch::cache_dir;
@@ -190,7 +191,8 @@ impl World {
                 config.seed,
                 &mut |step, loss| progress(step, total, loss),
             )?;
-            let saved = crate::atomic::write_dir(&dir, |tmp| {
+            // The cache is metaapo's own folder: a stale entry is replaced.
+            let saved = crate::atomic::write_dir(&dir, "world", Replace::SameKind, "", |tmp| {
                 hf::write_into(tmp, &model, Some(&tokenizer))?;
                 std::fs::write(
                     tmp.join("world.json"),
