@@ -248,7 +248,9 @@ pub fn write_dir(
     hint: &str,
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    let existing = inspect(dir, kind, replace, hint)?;
+    // Refused before anything is written; looked at again when placing (another process may
+    // have written `dir` meanwhile).
+    inspect(dir, kind, replace, hint)?;
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(parent) = parent {
         std::fs::create_dir_all(parent)
@@ -273,7 +275,7 @@ pub fn write_dir(
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        place(&tmp, dir, existing).inspect_err(|_| {
+        place(&tmp, dir, kind, replace, hint).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&tmp);
         })
     })();
@@ -282,16 +284,22 @@ pub fn write_dir(
 }
 
 /// Moves the finished `tmp` to `dir`.
-fn place(tmp: &Path, dir: &Path, existing: Existing) -> Result<()> {
+fn place(tmp: &Path, dir: &Path, kind: &str, replace: Replace, hint: &str) -> Result<()> {
     let rename = |from: &Path, to: &Path| {
         let r = std::fs::rename(from, to)
             .with_context(|| format!("cannot rename {} onto {}", from.display(), to.display()));
         fault_point(&format!("rename onto {}", to.display()));
         r
     };
-    let ours = match existing {
+    let ours = match inspect(dir, kind, replace, hint)? {
         // An empty folder is replaced by the rename itself.
-        Existing::Nothing | Existing::EmptyFolder => return rename(tmp, dir),
+        Existing::Nothing | Existing::EmptyFolder => match rename(tmp, dir) {
+            // Another process finished the same output first: replace it as the caller allows.
+            Err(_) if matches!(inspect(dir, kind, replace, hint)?, Existing::Ours(_)) => {
+                return place(tmp, dir, kind, replace, hint)
+            }
+            other => return other,
+        },
         Existing::Ours(ours) => ours,
     };
     let new = entries(tmp)?;

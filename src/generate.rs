@@ -113,6 +113,7 @@ pub fn generate(
     if !stop.strings.is_empty() && stop.tokenizer.is_none() {
         bail!("generate: stop strings need a tokenizer");
     }
+    ensure_fits(model, prompts, cfg)?;
     let rows: Vec<usize> = (0..prompts.len())
         .flat_map(|p| std::iter::repeat_n(p, cfg.n))
         .collect();
@@ -141,6 +142,29 @@ pub fn generate(
     Ok(out)
 }
 
+/// Refuses a request whose samples, or one batch's KV cache and logits, would not fit in memory.
+fn ensure_fits(model: &CausalLm, prompts: &[Vec<u32>], cfg: &SampleConfig) -> Result<()> {
+    let c = &model.config;
+    let rows = prompts.len() as f64 * cfg.n as f64;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as f64;
+    let new = cfg.max_new_tokens as f64;
+    let samples = rows * (new * 4.0 + 64.0);
+    let batch = rows.min(cfg.batch_size as f64);
+    let per_token = (c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim) as f64 * 4.0;
+    let cache = batch * (longest + new) * per_token + batch * c.vocab_size as f64 * 8.0;
+    crate::memory::ensure_fits(
+        &format!(
+            "generate: n = {} samples of each of {} prompts ({rows:e} rows) with max_new_tokens = \
+             {} and batch_size = {}",
+            cfg.n,
+            prompts.len(),
+            cfg.max_new_tokens,
+            cfg.batch_size
+        ),
+        samples + cache,
+    )
+}
+
 fn decode(
     model: &CausalLm,
     seqs: &[&[u32]],
@@ -163,6 +187,7 @@ fn decode(
     cache.detach();
     let mut out: Vec<(Vec<u32>, bool)> = vec![(vec![], false); b];
     for step in 0..cfg.max_new_tokens {
+        crate::interrupt::check()?;
         let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let mut feed = Vec::with_capacity(b);
         for (row, l) in rows.iter().enumerate() {

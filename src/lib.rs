@@ -8,6 +8,7 @@ pub mod device;
 pub mod fetch;
 pub mod generate;
 pub mod host;
+pub mod interrupt;
 pub mod kernels;
 pub mod memory;
 pub mod meta;

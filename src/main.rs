@@ -161,7 +161,7 @@ fn convert(
     replace: Replace,
 ) -> Result<metaapo::model::CausalLm> {
     let (model, tokenizer) = load_pretrained(input, &candle_core::Device::Cpu, dtype, false)?;
-    hf::save(output, &model, tokenizer.as_ref(), replace, "pass --force")?;
+    hf::save_as(output, &model, tokenizer.as_ref(), replace, "pass --force")?;
     Ok(model)
 }
 

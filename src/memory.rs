@@ -19,3 +19,49 @@ pub fn peak_rss_mib() -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+/// Memory this process can still take, in bytes: Linux `MemAvailable`, or a cgroup limit when
+/// that is lower. Unknown (another OS) is unlimited.
+pub fn available_bytes() -> f64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|kib| kib * 1024.0)
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok());
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => f64::INFINITY,
+    }
+}
+
+/// `bytes` for people: `12.3 GB`.
+pub fn human(bytes: f64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = bytes;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if v >= 1000.0 {
+        return format!("{bytes:.1e} B");
+    }
+    format!("{v:.1} {}", units[i])
+}
+
+/// Refuses, before anything is allocated, work whose memory (`bytes`, an estimate) is more
+/// than the machine has free; `what` says what was asked, e.g. "n = 10^12 samples of 3 prompts".
+pub fn ensure_fits(what: &str, bytes: f64) -> anyhow::Result<()> {
+    let free = available_bytes();
+    if bytes > free {
+        anyhow::bail!(
+            "{what} would need about {}, more than the {} of memory available",
+            human(bytes),
+            human(free)
+        );
+    }
+    Ok(())
+}

@@ -51,12 +51,29 @@ impl PairLogps {
     }
 }
 
+/// Refuses a batch whose activations (kept for the backward pass) would not fit in memory.
+fn ensure_fits(model: &CausalLm, b: usize, t: usize, seqs: &[EncodedSeq]) -> Result<()> {
+    let c = &model.config;
+    let tokens = (b * t) as f64;
+    let per_layer = (c.hidden_size * 12 + c.intermediate_size * 4) as f64
+        + (c.num_attention_heads * t * 2) as f64;
+    let predicted: usize = seqs.iter().map(EncodedSeq::response_len).sum();
+    let bytes = 4.0 * (tokens * c.num_hidden_layers as f64 * per_layer
+        + predicted as f64 * c.vocab_size as f64 * 3.0);
+    crate::memory::ensure_fits(
+        &format!("scoring {b} sequences of up to {t} tokens in one batch"),
+        bytes,
+    )
+}
+
 /// Scores a batch of sequences in one forward pass (right-padded).
 pub fn sequence_logps(model: &CausalLm, seqs: &[EncodedSeq], pad_id: u32) -> Result<SeqLogps> {
+    crate::interrupt::check()?;
     let device = model.device();
     let rows: Vec<&[u32]> = seqs.iter().map(|s| s.ids.as_slice()).collect();
     let input = collate(&rows, pad_id, Padding::Right, device)?;
     let (b, t) = input.ids.dims2()?;
+    ensure_fits(model, b, t, seqs)?;
     // Position p predicts token p + 1: the response tokens ids[prompt_len..] are predicted from
     // positions prompt_len - 1 .. len - 1.
     let (mut index, mut targets, mut lengths) = (vec![], vec![], vec![]);

@@ -169,9 +169,13 @@ fn checkpoint_restores_model_optimizer_and_rng() {
 
 #[test]
 fn a_failed_atomic_write_leaves_the_old_folder() {
+    use metaapo::atomic::{write_dir, Replace};
     let dir = tmp("atomic");
-    metaapo::atomic::write_dir(&dir, |d| Ok(std::fs::write(d.join("a"), "old")?)).unwrap();
-    let err = metaapo::atomic::write_dir(&dir, |d| {
+    write_dir(&dir, "test", Replace::Never, "", |d| {
+        Ok(std::fs::write(d.join("a"), "old")?)
+    })
+    .unwrap();
+    let err = write_dir(&dir, "test", Replace::SameKind, "", |d| {
         std::fs::write(d.join("a"), "half")?;
         anyhow::bail!("disk full")
     });

@@ -49,6 +49,20 @@ pub struct EncodeConfig {
     pub truncation: Truncation,
 }
 
+impl EncodeConfig {
+    /// TRL's DPOConfig defaults (`max_length` 1024, `max_prompt_length` 512, `keep_end`), held
+    /// within a model context of `context` tokens, so that no input, however long, reaches the
+    /// model past its positions or allocates without bound.
+    pub fn for_context(context: usize) -> Self {
+        Self {
+            max_length: Some(context.min(1024)),
+            max_prompt_length: Some((context / 2).clamp(1, 512)),
+            max_completion_length: None,
+            truncation: Truncation::KeepEnd,
+        }
+    }
+}
+
 /// The prompt and response as text, after the chat template when the example is conversational.
 pub fn render(tok: &TextTokenizer, prompt: &Text, response: &Text) -> Result<(String, String)> {
     match (prompt, response) {

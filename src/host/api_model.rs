@@ -35,10 +35,11 @@ pub struct Policy(pub Rc<PolicyInner>);
 
 impl Policy {
     pub fn new(model: CausalLm, tokenizer: TextTokenizer, name: &str) -> Self {
+        let encode = EncodeConfig::for_context(model.config.max_position_embeddings);
         Self(Rc::new(PolicyInner {
             model,
             tokenizer,
-            encode: EncodeConfig::default(),
+            encode,
             name: name.to_string(),
             cache: RefCell::new(HashMap::new()),
         }))
@@ -115,7 +116,7 @@ pub fn replace_rule(what: &str, opts: &Map) -> Res<Replace> {
 fn save(run: &Run, p: &Policy, dir: &str, opts: &Map) -> Res<String> {
     let replace = replace_rule("save options", opts)?;
     let path = in_run(run, dir).map_err(fail("save"))?;
-    hf::save(
+    hf::save_as(
         &path,
         &p.0.model,
         Some(&p.0.tokenizer),

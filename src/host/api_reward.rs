@@ -62,10 +62,11 @@ impl RewardModel {
                 .map(|(p, r)| w.annotator(&p.display(), &r.display()))
                 .collect(),
             RewardModel::Classifier(c) => {
+                let cfg = EncodeConfig::for_context(c.model.body.config.max_position_embeddings);
                 let seqs = prompts
                     .iter()
                     .zip(responses)
-                    .map(|(p, r)| Ok(encode(&c.tokenizer, p, r, &EncodeConfig::default())?.ids))
+                    .map(|(p, r)| Ok(encode(&c.tokenizer, p, r, &cfg)?.ids))
                     .collect::<Result<Vec<_>>>()?;
                 c.model.rewards(&seqs, c.tokenizer.pad_token_id)
             }

@@ -69,7 +69,7 @@ fn build(policy: Policy, opts: &Map) -> Res<Optimizer> {
         beta2,
         eps: o.f64("eps", defaults.eps)?,
         weight_decay: o.f64("weight_decay", defaults.weight_decay)?,
-        max_grad_norm: (clip > 0.0).then_some(clip),
+        max_grad_norm: (clip != 0.0).then_some(clip),
         ..defaults
     };
     let kind = match o.string("schedule", "constant")?.as_str() {
@@ -89,12 +89,20 @@ fn build(policy: Policy, opts: &Map) -> Res<Optimizer> {
         ));
     }
     let warmup = o.f64("warmup", 0.0)?;
+    let min_lr_ratio = o.f64("min_lr_ratio", 0.0)?;
+    for (key, v) in [("warmup", warmup), ("min_lr_ratio", min_lr_ratio)] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(error(format!(
+                "optimizer options: `{key}` is a fraction in [0, 1], got {v}"
+            )));
+        }
+    }
     let schedule = Schedule {
         kind,
         lr,
         warmup_steps: Schedule::warmup_from_ratio(total_steps, warmup),
         total_steps,
-        min_lr_ratio: o.f64("min_lr_ratio", 0.0)?,
+        min_lr_ratio,
     };
     let accumulate = o.usize("accumulate", 1)?.max(1);
     o.finish()?;

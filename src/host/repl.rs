@@ -113,7 +113,7 @@ impl Repl {
             Err(e) => return e,
         };
         let program = self.functions.merge(&ast);
-        super::run::INTERRUPTED.store(false, std::sync::atomic::Ordering::Relaxed);
+        crate::interrupt::clear();
         let out = self
             .host
             .engine

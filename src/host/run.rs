@@ -13,18 +13,16 @@ use std::cell::{Cell, RefCell, RefMut};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Set by Ctrl-C; a running script stops at its next operation.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
+/// Whether Ctrl-C was pressed: a running script stops at its next operation, and host
+/// functions at their next step ([`crate::interrupt`]).
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::Relaxed)
+    crate::interrupt::requested()
 }
 
-/// Makes Ctrl-C set [`INTERRUPTED`] instead of killing the process.
+/// Makes Ctrl-C request a stop instead of killing the process.
 pub fn catch_ctrl_c() -> anyhow::Result<()> {
-    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed))
+    ctrlc::set_handler(crate::interrupt::request)
         .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))
 }
 

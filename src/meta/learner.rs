@@ -71,6 +71,11 @@ impl MetaLearner {
             bail!("meta_learner: hidden must be at least 1");
         }
         let h = config.hidden;
+        // Weights, gradients and two AdamW moments of 3h + 1 parameters, in f64 at most.
+        crate::memory::ensure_fits(
+            &format!("meta_learner: hidden = {h}"),
+            (3.0 * h as f64 + 1.0) * 4.0 * 8.0,
+        )?;
         let shapes: [&[usize]; 4] = [&[h, 1], &[h], &[1, h], &[1]];
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let vars = NAMES

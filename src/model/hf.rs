@@ -91,9 +91,15 @@ fn torch_dtype(dtype: DType) -> &'static str {
 /// The kind of folder [`save`] writes (see [`atomic`]).
 pub const KIND: &str = "model";
 
-/// Writes `model` (and its tokenizer) as a HF directory, atomically; an earlier saved model in
-/// `dir` is replaced only with [`atomic::Replace::SameKind`] (`hint` says how a user asks).
-pub fn save(
+/// Writes `model` (and its tokenizer) as a new HF directory, atomically: `dir` must be new or
+/// empty.
+pub fn save(dir: &Path, model: &CausalLm, tokenizer: Option<&TextTokenizer>) -> Result<()> {
+    save_as(dir, model, tokenizer, atomic::Replace::Never, "use hf::save_as")
+}
+
+/// [`save`], where an earlier saved model in `dir` is replaced with
+/// [`atomic::Replace::SameKind`] (`hint` says how a user asks for that).
+pub fn save_as(
     dir: &Path,
     model: &CausalLm,
     tokenizer: Option<&TextTokenizer>,

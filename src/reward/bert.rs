@@ -231,6 +231,7 @@ impl TextEncoder {
         let max = self.bert.config.max_position_embeddings;
         let mut out = Vec::new();
         for (ps, rs) in prompts.chunks(32).zip(responses.chunks(32)) {
+            crate::interrupt::check()?;
             let mut ids = Vec::with_capacity(ps.len());
             let mut types = Vec::with_capacity(ps.len());
             for (p, r) in ps.iter().zip(rs) {

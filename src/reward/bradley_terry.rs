@@ -132,6 +132,7 @@ impl LinearHead {
         let (loss_before, accuracy_before) = measure(w.as_tensor())?;
         let mut grads = Gradients::new();
         for _ in 0..cfg.epochs {
+            crate::interrupt::check()?;
             let margin = diff.broadcast_mul(w.as_tensor())?.sum(D::Minus1)?;
             let loss = log_sigmoid(&margin)?.neg()?.mean_all()?;
             grads.accumulate(&loss, &vars)?;

@@ -16,7 +16,7 @@ use std::path::Path;
 
 pub struct SequenceClassifier {
     /// The decoder body; its LM head is never used.
-    body: CausalLm,
+    pub body: CausalLm,
     /// `(1, hidden)`
     score: Tensor,
 }
@@ -88,6 +88,7 @@ impl SequenceClassifier {
         }
         let mut out = Vec::with_capacity(seqs.len());
         for chunk in seqs.chunks(16) {
+            crate::interrupt::check()?;
             let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
             let input = collate(&refs, pad_id, Padding::Right, self.body.device())?;
             let hidden = self.body.hidden_states(&input, None)?;

@@ -74,8 +74,39 @@ pub struct AdamW {
     step: u64,
 }
 
+impl AdamWConfig {
+    /// Refuses hyper-parameters with which AdamW diverges or does nothing sensible.
+    pub fn validate(&self) -> Result<()> {
+        let finite = |x: f64| x.is_finite();
+        if !(finite(self.lr) && self.lr >= 0.0) {
+            anyhow::bail!("optimizer: `lr` must be a number >= 0, got {}", self.lr);
+        }
+        for (name, b) in [("betas[0]", self.beta1), ("betas[1]", self.beta2)] {
+            if !(finite(b) && (0.0..1.0).contains(&b)) {
+                anyhow::bail!("optimizer: `{name}` must be in [0, 1), got {b}");
+            }
+        }
+        if !(finite(self.eps) && self.eps > 0.0) {
+            anyhow::bail!("optimizer: `eps` must be a positive number, got {}", self.eps);
+        }
+        if !(finite(self.weight_decay) && self.weight_decay >= 0.0) {
+            anyhow::bail!(
+                "optimizer: `weight_decay` must be a number >= 0, got {}",
+                self.weight_decay
+            );
+        }
+        if let Some(c) = self.max_grad_norm {
+            if !(finite(c) && c > 0.0) {
+                anyhow::bail!("optimizer: the clipping norm must be a positive number, got {c}");
+            }
+        }
+        Ok(())
+    }
+}
+
 impl AdamW {
     pub fn new(vars: &[(String, Var)], config: AdamWConfig) -> Result<Self> {
+        config.validate()?;
         let slots = vars
             .iter()
             .map(|(name, var)| {
