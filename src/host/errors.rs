@@ -59,6 +59,14 @@ fn message(e: &EvalAltResult, limits: &Limits) -> String {
             }
             w => format!("{w} is too large"),
         },
+        EvalAltResult::ErrorParsing(ParseErrorType::LiteralTooLarge(what, max), _) => {
+            let flag = match what.as_str() {
+                w if w.contains("array") => "max-array",
+                w if w.contains("map") => "max-map",
+                _ => "max-string",
+            };
+            past(&format!("a literal is too large ({what})"), flag, *max)
+        }
         EvalAltResult::ErrorParsing(ParseErrorType::ExprTooDeep, _) => past(
             "an expression nests too deep",
             "max-expr-depth",

@@ -139,6 +139,18 @@ impl ModelConfig {
                 bail!("field `hidden_act`: only \"silu\" is supported, found {act:?}");
             }
         }
+        for (field, v) in [
+            ("vocab_size", c.vocab_size),
+            ("hidden_size", c.hidden_size),
+            ("intermediate_size", c.intermediate_size),
+            ("num_hidden_layers", c.num_hidden_layers),
+            ("max_position_embeddings", c.max_position_embeddings.unwrap_or(1)),
+            ("head_dim", c.head_dim.unwrap_or(1)),
+        ] {
+            if v == 0 {
+                bail!("field `{field}` must be at least 1");
+            }
+        }
         // An explicit head_dim need not be hidden_size / heads.
         let divides = c.num_attention_heads > 0
             && (c.head_dim.is_some() || c.hidden_size.is_multiple_of(c.num_attention_heads));

@@ -56,6 +56,32 @@ impl Meta<'_> {
 }
 
 /// Loads a GGUF file into an f32 (or `dtype`) model and its tokenizer.
+/// Refuses tensors whose declared data runs past the end of the file, and a model whose
+/// dequantised weights would not fit in memory, before any tensor is read.
+fn check_sizes(content: &Content, file: &std::fs::File, path: &Path) -> Result<()> {
+    let len = file.metadata()?.len() as u128;
+    let mut f32_bytes = 0f64;
+    for (name, info) in &content.tensor_infos {
+        let t = info.ggml_dtype;
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u128, |a, &d| a.checked_mul(d as u128));
+        let bytes = elems.map(|n| n / t.block_size() as u128 * t.type_size() as u128);
+        let end = bytes.map(|b| content.tensor_data_offset as u128 + info.offset as u128 + b);
+        if end.is_none_or(|e| e > len) {
+            bail!(
+                "{}: tensor `{name}` ({:?}, {t:?}) runs past the end of the file ({len} bytes)",
+                path.display(),
+                info.shape.dims()
+            );
+        }
+        f32_bytes += elems.unwrap_or(0) as f64 * 4.0;
+    }
+    crate::memory::ensure_fits(&format!("loading {}", path.display()), f32_bytes)
+}
+
 pub fn load(
     path: &Path,
     device: &Device,
@@ -100,7 +126,10 @@ pub fn load(
         "num_hidden_layers": meta.usize(&format!("{arch}.block_count"))?,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "head_dim": meta.usize(&format!("{arch}.rope.dimension_count")).unwrap_or(hidden / heads),
+        // No head count is refused by the config; no division by it here.
+        "head_dim": meta
+            .usize(&format!("{arch}.rope.dimension_count"))
+            .unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
         "max_position_embeddings": meta.usize(&format!("{arch}.context_length")).unwrap_or(4096),
         "rms_norm_eps": meta.f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))?,
         "rope_theta": meta.f64(&format!("{arch}.rope.freq_base")).unwrap_or(10_000.0),
@@ -110,6 +139,7 @@ pub fn load(
     }))
     .with_context(|| format!("building a config from the metadata of {}", path.display()))?;
 
+    check_sizes(&content, &file, path)?;
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
         let Some(hf) = hf_name(name) else { continue };
