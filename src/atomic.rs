@@ -150,7 +150,10 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     if path.is_dir() {
-        bail!("{} is a folder; refusing to replace it with a file", path.display());
+        bail!(
+            "{} is a folder; refusing to replace it with a file",
+            path.display()
+        );
     }
     let tmp = sibling(path, "tmp")?;
     let written = std::fs::write(&tmp, bytes)
@@ -227,7 +230,11 @@ fn inspect(dir: &Path, kind: &str, replace: Replace, hint: &str) -> Result<Exist
                  into it: choose a new or empty folder",
                 dir.display(),
                 shown.join(", "),
-                if names.len() > shown.len() { ", ..." } else { "" }
+                if names.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
             )
         }
     }
@@ -269,7 +276,10 @@ pub fn write_dir(
                 entries: entries(&tmp)?,
             };
             fault_point("fill");
-            write_file(&tmp.join(MARKER), serde_json::to_string_pretty(&marker)?.as_bytes())
+            write_file(
+                &tmp.join(MARKER),
+                serde_json::to_string_pretty(&marker)?.as_bytes(),
+            )
         });
         if let Err(e) = filled {
             let _ = std::fs::remove_dir_all(&tmp);

@@ -2,10 +2,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use metaapo::atomic::Replace;
 use metaapo::device::{parse_device, parse_dtype};
+use metaapo::host::limits::Limits;
 use metaapo::host::repl::Repl;
 use metaapo::host::resolver::find_script;
 use metaapo::host::run::{catch_ctrl_c, interrupted, Run, RunOptions};
-use metaapo::host::limits::Limits;
 use metaapo::host::{Host, FAMILIES};
 use metaapo::{fetch, load_pretrained, model::hf};
 use std::io::Write;
@@ -118,7 +118,8 @@ fn script(file: &str, opts: RunOptions) -> Result<ExitCode> {
     let (name, text) = find_script(file)?;
     let run = Run::new(opts);
     let host = Host::new(run.clone());
-    let unread = || format!("error: --set was given, but {name} never calls params(), so nothing reads it");
+    let unread =
+        || format!("error: --set was given, but {name} never calls params(), so nothing reads it");
     if !run.options.overrides.is_empty() {
         let ast = host
             .compile(&name, &text, &rhai::Scope::new())
@@ -166,7 +167,13 @@ fn convert(
 }
 
 fn quiet_host(limits: Limits) -> Result<Host> {
-    Ok(Host::new(Run::new(options("check", 0, "cpu", &[], limits)?)))
+    Ok(Host::new(Run::new(options(
+        "check",
+        0,
+        "cpu",
+        &[],
+        limits,
+    )?)))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

@@ -25,7 +25,11 @@ pub fn peak_rss_mib() -> Option<f64> {
 pub fn available_bytes() -> f64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
         let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-        line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|kib| kib * 1024.0)
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<f64>()
+            .ok()
+            .map(|kib| kib * 1024.0)
     });
     let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
         .ok()

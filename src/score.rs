@@ -58,8 +58,9 @@ fn ensure_fits(model: &CausalLm, b: usize, t: usize, seqs: &[EncodedSeq]) -> Res
     let per_layer = (c.hidden_size * 12 + c.intermediate_size * 4) as f64
         + (c.num_attention_heads * t * 2) as f64;
     let predicted: usize = seqs.iter().map(EncodedSeq::response_len).sum();
-    let bytes = 4.0 * (tokens * c.num_hidden_layers as f64 * per_layer
-        + predicted as f64 * c.vocab_size as f64 * 3.0);
+    let bytes = 4.0
+        * (tokens * c.num_hidden_layers as f64 * per_layer
+            + predicted as f64 * c.vocab_size as f64 * 3.0);
     crate::memory::ensure_fits(
         &format!("scoring {b} sequences of up to {t} tokens in one batch"),
         bytes,

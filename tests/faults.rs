@@ -47,7 +47,11 @@ fn fails(dir: &Path, name: &str, source: &str, extra: &[&str]) -> String {
         .unwrap();
     let out = text(&o);
     assert!(!o.status.success(), "{name} should fail:\n{out}");
-    assert_eq!(o.status.code(), Some(1), "a clean error, not an abort:\n{out}");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a clean error, not an abort:\n{out}"
+    );
     out
 }
 
@@ -86,7 +90,10 @@ fn convert_never_deletes_a_users_folder_or_file() {
         let o = convert(&users, force);
         assert!(!o.status.success());
         contains(&text(&o), &["mine", "metaapo did not write", "notes.txt"]);
-        assert_eq!(std::fs::read_to_string(users.join("notes.txt")).unwrap(), "keep me");
+        assert_eq!(
+            std::fs::read_to_string(users.join("notes.txt")).unwrap(),
+            "keep me"
+        );
         assert_eq!(std::fs::read_dir(&users).unwrap().count(), 1);
     }
     // A file in place of the folder: refused before anything is written or moved.
@@ -110,10 +117,16 @@ fn convert_never_deletes_a_users_folder_or_file() {
     contains(&text(&o), &["already holds a model", "--force"]);
     let o = convert(&out, true);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(std::fs::read_to_string(out.join("README.md")).unwrap(), "my notes");
+    assert_eq!(
+        std::fs::read_to_string(out.join("README.md")).unwrap(),
+        "my notes"
+    );
     assert!(out.join(hf::WEIGHTS).is_file());
     // The usual permissions, not the 0600 of a temporary file.
-    let mode = std::fs::metadata(out.join(hf::WEIGHTS)).unwrap().permissions().mode();
+    let mode = std::fs::metadata(out.join(hf::WEIGHTS))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o644);
     // An empty folder is fine.
     let empty = dir.join("empty");
@@ -136,8 +149,14 @@ fn script_saves_refuse_foreign_folders_and_replace_only_when_asked() {
         ),
         &[],
     );
-    contains(&out, &["save:", "metaapo did not write", "save_foreign.rhai:3"]);
-    assert_eq!(std::fs::read_to_string(users.join("data.csv")).unwrap(), "1,2");
+    contains(
+        &out,
+        &["save:", "metaapo did not write", "save_foreign.rhai:3"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(users.join("data.csv")).unwrap(),
+        "1,2"
+    );
 
     let twice = dir.join("twice.rhai");
     std::fs::write(
@@ -197,9 +216,14 @@ fn a_checkpoint_killed_after_any_filesystem_operation_resumes_safely() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/metaapo_dpo.rhai");
     let run = |out: &Path, crash: Option<usize>, resume: Option<&Path>| {
         let mut c = metaapo(&dir);
-        c.arg("script")
-            .arg(&script)
-            .args(["--set", "world=tiny", "--set", "batch=16", "--set", "t_meta=2"]);
+        c.arg("script").arg(&script).args([
+            "--set",
+            "world=tiny",
+            "--set",
+            "batch=16",
+            "--set",
+            "t_meta=2",
+        ]);
         if let Some(r) = resume {
             c.arg("--set").arg(format!("resume={}", r.display()));
         }
@@ -226,7 +250,10 @@ fn a_checkpoint_killed_after_any_filesystem_operation_resumes_safely() {
         let again = dir.join(format!("resumed-{k}"));
         let o = run(&again, None, Some(&crashed));
         let out = text(&o);
-        assert!(!out.contains(".tmp-"), "k = {k}: a temporary folder was used:\n{out}");
+        assert!(
+            !out.contains(".tmp-"),
+            "k = {k}: a temporary folder was used:\n{out}"
+        );
         if o.status.success() {
             resumed += 1;
             assert_eq!(last_eval(&again), last_eval(&full), "k = {k}");
@@ -235,7 +262,10 @@ fn a_checkpoint_killed_after_any_filesystem_operation_resumes_safely() {
             } else {
                 crashed.join("checkpoints/iteration-2/model.safetensors")
             };
-            assert!(tensors(&model) == tensors(&final_model), "k = {k}: weights differ");
+            assert!(
+                tensors(&model) == tensors(&final_model),
+                "k = {k}: weights differ"
+            );
         } else {
             refused += 1;
             contains(&out, &["resume", "no complete checkpoint"]);
@@ -253,7 +283,10 @@ fn a_checkpoint_killed_after_any_filesystem_operation_resumes_safely() {
     }
     // Three checkpoints of about ten operations each: every point was tried.
     assert!(k > 25, "only {k} crash points");
-    assert!(refused > 0 && resumed > refused, "{refused} refused, {resumed} resumed");
+    assert!(
+        refused > 0 && resumed > refused,
+        "{refused} refused, {resumed} resumed"
+    );
 }
 
 #[test]
@@ -261,7 +294,14 @@ fn resume_never_picks_a_temporary_or_incomplete_checkpoint() {
     use metaapo::train::checkpoint;
     let dir = scratch("latest");
     let o = metaapo(&dir)
-        .args(["script", "metaapo_dpo", "--set", "world=tiny", "--set", "iterations=1"])
+        .args([
+            "script",
+            "metaapo_dpo",
+            "--set",
+            "world=tiny",
+            "--set",
+            "iterations=1",
+        ])
         .arg("--out")
         .arg(dir.join("run"))
         .output()
@@ -272,7 +312,11 @@ fn resume_never_picks_a_temporary_or_incomplete_checkpoint() {
     // What a kill during a later checkpoint leaves: a temporary folder with a higher step, of a
     // process that is gone, and a complete-looking folder without its marker.
     let state = std::fs::read_to_string(good.join("trainer_state.json")).unwrap();
-    let later = state.replacen("\"global_step\":", "\"global_step\": 999999, \"old_step\":", 1);
+    let later = state.replacen(
+        "\"global_step\":",
+        "\"global_step\": 999999, \"old_step\":",
+        1,
+    );
     for name in ["iteration-1.tmp-999999999-0", "iteration-5"] {
         std::fs::create_dir_all(ckpts.join(name)).unwrap();
         std::fs::write(ckpts.join(name).join("trainer_state.json"), &later).unwrap();
@@ -304,24 +348,47 @@ fn import_cycles_are_errors_that_show_the_chain() {
     std::fs::write(dir.join("a.rhai"), "import \"b\" as b;\nprint(1);\n").unwrap();
     std::fs::write(dir.join("b.rhai"), "import \"a\" as a;\nfn f() { 1 }\n").unwrap();
     std::fs::write(dir.join("me.rhai"), "import \"me\" as me;\n").unwrap();
-    for (file, chain) in [("a.rhai", "a.rhai -> b.rhai -> a.rhai"), ("me.rhai", "me.rhai -> me.rhai")] {
+    for (file, chain) in [
+        ("a.rhai", "a.rhai -> b.rhai -> a.rhai"),
+        ("me.rhai", "me.rhai -> me.rhai"),
+    ] {
         for cmd in ["check", "script"] {
             let o = metaapo(&dir).arg(cmd).arg(file).output().unwrap();
             assert_eq!(o.status.code(), Some(1), "{cmd} {file}: {}", text(&o));
             contains(&text(&o), &["import cycle", chain]);
         }
     }
-    std::fs::write(dir.join("missing.rhai"), "let x = 1;\nimport \"nowhere\" as n;\n").unwrap();
-    let o = metaapo(&dir).args(["check", "missing.rhai"]).output().unwrap();
-    contains(&text(&o), &["cannot find module \"nowhere\"", "missing.rhai:2:8"]);
+    std::fs::write(
+        dir.join("missing.rhai"),
+        "let x = 1;\nimport \"nowhere\" as n;\n",
+    )
+    .unwrap();
+    let o = metaapo(&dir)
+        .args(["check", "missing.rhai"])
+        .output()
+        .unwrap();
+    contains(
+        &text(&o),
+        &["cannot find module \"nowhere\"", "missing.rhai:2:8"],
+    );
 }
 
 #[test]
 fn engine_limits_end_runaway_scripts_with_an_error() {
     let dir = scratch("limits");
     let cases = [
-        ("array.rhai", "let a = [];\na.pad(2000000000, 0);\n", "--max-array", 2),
-        ("string.rhai", "let s = \"x\";\nloop { s += s; }\n", "--max-string", 2),
+        (
+            "array.rhai",
+            "let a = [];\na.pad(2000000000, 0);\n",
+            "--max-array",
+            2,
+        ),
+        (
+            "string.rhai",
+            "let s = \"x\";\nloop { s += s; }\n",
+            "--max-string",
+            2,
+        ),
         // Rhai checks a map grown by index assignment when it is next used.
         (
             "map.rhai",
@@ -329,7 +396,12 @@ fn engine_limits_end_runaway_scripts_with_an_error() {
             "--max-map",
             3,
         ),
-        ("recursion.rhai", "fn f(n) { 1 + f(n + 1) }\nprint(f(0));\n", "--max-call-depth", 2),
+        (
+            "recursion.rhai",
+            "fn f(n) { 1 + f(n + 1) }\nprint(f(0));\n",
+            "--max-call-depth",
+            2,
+        ),
     ];
     for (name, source, flag, line) in cases {
         let out = fails(&dir, name, source, &[]);
@@ -350,10 +422,23 @@ fn engine_limits_end_runaway_scripts_with_an_error() {
         &["--max-array", "4"],
     );
     contains(&out, &["limit of 4", "small.rhai:3"]);
-    let out = fails(&dir, "literal.rhai", "let a = [1, 2, 3, 4, 5];\n", &["--max-array", "4"]);
+    let out = fails(
+        &dir,
+        "literal.rhai",
+        "let a = [1, 2, 3, 4, 5];\n",
+        &["--max-array", "4"],
+    );
     contains(&out, &["--max-array", "literal.rhai:1"]);
     let o = metaapo(&dir).args(["script", "--help"]).output().unwrap();
-    contains(&text(&o), &["--max-array", "10000000", "--max-call-depth", "--max-sub-runs"]);
+    contains(
+        &text(&o),
+        &[
+            "--max-array",
+            "10000000",
+            "--max-call-depth",
+            "--max-sub-runs",
+        ],
+    );
 }
 
 #[test]
@@ -365,17 +450,36 @@ fn sizes_are_checked_before_anything_is_allocated() {
         "let w = world(\"tiny\");\nlet s = generate(w.policy(), [\"1+1=\"], #{ n: 1000000000000 });\n",
         &[],
     );
-    contains(&out, &["generate:", "n = 1000000000000", "would need about", "n.rhai:2"]);
+    contains(
+        &out,
+        &[
+            "generate:",
+            "n = 1000000000000",
+            "would need about",
+            "n.rhai:2",
+        ],
+    );
     assert!(!out.contains("generate: generate:"), "{out}");
-    let out = fails(&dir, "hidden.rhai", "let l = meta_learner(#{ hidden: 100000000000 });\n", &[]);
-    contains(&out, &["meta_learner", "hidden = 100000000000", "would need about"]);
+    let out = fails(
+        &dir,
+        "hidden.rhai",
+        "let l = meta_learner(#{ hidden: 100000000000 });\n",
+        &[],
+    );
+    contains(
+        &out,
+        &["meta_learner", "hidden = 100000000000", "would need about"],
+    );
     let out = fails(
         &dir,
         "self.rhai",
         "let r = run_script(\"self.rhai\", #{});\n",
         &[],
     );
-    contains(&out, &["run_script", "nest", "--max-sub-runs 4", "self -> self"]);
+    contains(
+        &out,
+        &["run_script", "nest", "--max-sub-runs 4", "self -> self"],
+    );
 }
 
 #[test]
@@ -414,7 +518,10 @@ fn ctrl_c_stops_a_long_generate_within_seconds() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(asked.elapsed().as_secs() < 20, "still running 20 s after Ctrl-C");
+        assert!(
+            asked.elapsed().as_secs() < 20,
+            "still running 20 s after Ctrl-C"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let o = child.wait_with_output().unwrap();
@@ -441,8 +548,12 @@ fn file_world(dir: &Path, pairs: &str, eval: &str, extra: &str) -> PathBuf {
     let world = tiny_world();
     let files = dir.join("files");
     if !files.join("policy").exists() {
-        hf::save(&files.join("policy"), &world.policy(false).unwrap(), Some(&world.tokenizer))
-            .unwrap();
+        hf::save(
+            &files.join("policy"),
+            &world.policy(false).unwrap(),
+            Some(&world.tokenizer),
+        )
+        .unwrap();
         let rm = files.join("reward");
         std::fs::create_dir_all(&rm).unwrap();
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama_rm");
@@ -466,7 +577,12 @@ fn file_world(dir: &Path, pairs: &str, eval: &str, extra: &str) -> PathBuf {
 }
 
 fn open_world(dir: &Path, spec: &Path) -> String {
-    fails(dir, "open.rhai", &format!("let w = world({:?});\n", spec.display()), &[])
+    fails(
+        dir,
+        "open.rhai",
+        &format!("let w = world({:?});\n", spec.display()),
+        &[],
+    )
 }
 
 #[test]
@@ -475,11 +591,20 @@ fn world_files_are_checked_when_they_load() {
     let pair = "{\"prompt\": \"1+1=\", \"chosen\": \"2\", \"rejected\": \"3\"}\n";
     let prompt = "{\"prompt\": \"2+2=\"}\n";
     let spec = file_world(&dir, "", prompt, "");
-    contains(&open_world(&dir, &spec), &["pairs.jsonl", "`pairs`", "no records"]);
+    contains(
+        &open_world(&dir, &spec),
+        &["pairs.jsonl", "`pairs`", "no records"],
+    );
     let spec = file_world(&dir, pair, "\n\n", "");
-    contains(&open_world(&dir, &spec), &["eval.jsonl", "`eval`", "no records"]);
+    contains(
+        &open_world(&dir, &spec),
+        &["eval.jsonl", "`eval`", "no records"],
+    );
     let spec = file_world(&dir, pair, prompt, ", \"eval_temperature\": -1");
-    contains(&open_world(&dir, &spec), &["world.json", "`eval_temperature`", "-1"]);
+    contains(
+        &open_world(&dir, &spec),
+        &["world.json", "`eval_temperature`", "-1"],
+    );
     let spec = file_world(&dir, pair, prompt, ", \"max_new_tokens\": \"many\"");
     contains(&open_world(&dir, &spec), &["world.json", "max_new_tokens"]);
     let chat = "{\"prompt\": [{\"role\": \"narrator\", \"content\": \"hi\"}], \"chosen\": \"a\", \"rejected\": \"b\"}\n";
@@ -491,15 +616,27 @@ fn world_files_are_checked_when_they_load() {
     // The policy has no chat template: a conversation fails when the world loads, not later.
     let chat = "{\"prompt\": [{\"role\": \"user\", \"content\": \"hi\"}], \"chosen\": \"a\", \"rejected\": \"b\"}\n";
     let spec = file_world(&dir, &format!("{pair}{pair}{chat}"), prompt, "");
-    contains(&open_world(&dir, &spec), &["pairs.jsonl:3", "chat template"]);
+    contains(
+        &open_world(&dir, &spec),
+        &["pairs.jsonl:3", "chat template"],
+    );
     // A byte-order mark is skipped; a byte that is not UTF-8 is located.
     let spec = file_world(&dir, &format!("\u{feff}{pair}"), prompt, "");
     std::fs::write(
         dir.join("ok.rhai"),
-        format!("let w = world({:?});\nprint(w.pairs.len());\n", spec.display()),
+        format!(
+            "let w = world({:?});\nprint(w.pairs.len());\n",
+            spec.display()
+        ),
     )
     .unwrap();
-    let o = metaapo(&dir).arg("script").arg("ok.rhai").arg("--out").arg(dir.join("run-ok")).output().unwrap();
+    let o = metaapo(&dir)
+        .arg("script")
+        .arg("ok.rhai")
+        .arg("--out")
+        .arg(dir.join("run-ok"))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let mut bad = pair.as_bytes().to_vec();
     bad.extend(b"{\"prompt\": \"\xff\"}\n");
@@ -507,7 +644,10 @@ fn world_files_are_checked_when_they_load() {
     let out = fails(
         &dir,
         "utf8.rhai",
-        &format!("let p = load_pairs({:?});\n", dir.join("files/bad.jsonl").display()),
+        &format!(
+            "let p = load_pairs({:?});\n",
+            dir.join("files/bad.jsonl").display()
+        ),
         &[],
     );
     contains(&out, &["bad.jsonl:2:13", "byte offset", "not UTF-8"]);
@@ -535,7 +675,10 @@ fn model_files_name_the_field_or_tensor_at_fault() {
     let config = std::fs::read_to_string(d.join("config.json")).unwrap();
     let config = config.replace("\"hidden_size\": 16", "\"hidden_size\": \"16\"");
     std::fs::write(d.join("config.json"), config).unwrap();
-    contains(&format!("{:#}", load(&d)), &["config.json", "field `hidden_size`"]);
+    contains(
+        &format!("{:#}", load(&d)),
+        &["config.json", "field `hidden_size`"],
+    );
     // Tensors: a header whose shape disagrees with its bytes, an integer tensor, NaN weights.
     let write = |name: &str, edit: &dyn Fn(&mut Vec<f32>) -> DType| {
         let d = copy(name);
@@ -557,7 +700,10 @@ fn model_files_name_the_field_or_tensor_at_fault() {
         v[3] = f32::NAN;
         DType::F32
     });
-    contains(&format!("{:#}", load(&d)), &["model.layers.0.mlp.up_proj.weight", "NaN"]);
+    contains(
+        &format!("{:#}", load(&d)),
+        &["model.layers.0.mlp.up_proj.weight", "NaN"],
+    );
     let d = write("int", &|_| DType::U32);
     contains(
         &format!("{:#}", load(&d)),
@@ -572,7 +718,10 @@ fn model_files_name_the_field_or_tensor_at_fault() {
     let header = header.replace(key, &key.replace("[16]", "[17]"));
     bytes.splice(8..8 + n, header.into_bytes());
     std::fs::write(d.join(hf::WEIGHTS), bytes).unwrap();
-    contains(&format!("{:#}", load(&d)), &["model.safetensors", "tensor `model.norm.weight`", "[17]"]);
+    contains(
+        &format!("{:#}", load(&d)),
+        &["model.safetensors", "tensor `model.norm.weight`", "[17]"],
+    );
 }
 
 #[test]
@@ -592,7 +741,10 @@ fn a_tokenizer_larger_than_the_vocabulary_is_refused_at_load() {
         .map(|_| ())
         .unwrap_err();
     let ids = world.tokenizer.vocab_size().to_string();
-    contains(&format!("{err:#}"), &["policy", "the tokenizer has", &ids, "has 8"]);
+    contains(
+        &format!("{err:#}"),
+        &["policy", "the tokenizer has", &ids, "has 8"],
+    );
 }
 
 #[test]
@@ -614,15 +766,30 @@ fn script_errors_come_first_and_name_each_function_once() {
     );
     contains(&out, &["betas[0]", "[0, 1)", "betas.rhai:2"]);
     // --set for a script that reads no parameters: refused before anything runs.
-    let out = fails(&dir, "noparams.rhai", "print(\"it ran\");\n", &["--set", "beta=1"]);
+    let out = fails(
+        &dir,
+        "noparams.rhai",
+        "print(\"it ran\");\n",
+        &["--set", "beta=1"],
+    );
     contains(&out, &["--set", "never calls params()"]);
     assert!(!out.contains("it ran"), "{out}");
     // The run directory cannot take summary.json: the script's own error still comes first.
     let run = dir.join("run-first.rhai");
     std::fs::create_dir_all(run.join("summary.json")).unwrap();
     let path = dir.join("first.rhai");
-    std::fs::write(&path, "log(#{ a: 1 });\nthrow \"the script's own error\";\n").unwrap();
-    let o = metaapo(&dir).arg("script").arg(&path).arg("--out").arg(&run).output().unwrap();
+    std::fs::write(
+        &path,
+        "log(#{ a: 1 });\nthrow \"the script's own error\";\n",
+    )
+    .unwrap();
+    let o = metaapo(&dir)
+        .arg("script")
+        .arg(&path)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(1), "{err}");
     let own = err.find("the script's own error").expect(&err);

@@ -17,7 +17,12 @@ pub fn decode(bytes: Vec<u8>, origin: &str) -> Result<String> {
             let offset = e.utf8_error().valid_up_to();
             let bytes = e.as_bytes();
             let line = 1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count();
-            let column = offset - bytes[..offset].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+            let column = offset
+                - bytes[..offset]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1)
+                + 1;
             bail!(
                 "{origin}:{line}:{column}: byte 0x{:02x} at byte offset {offset} is not UTF-8 \
                  (save the file as UTF-8)",

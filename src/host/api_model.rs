@@ -4,15 +4,15 @@
 
 use super::opts::Opts;
 use super::registry::{fail, Family, Res};
-use crate::atomic::Replace;
-use rhai::Map;
 use super::run::Run;
+use crate::atomic::Replace;
 use crate::data::encode::EncodeConfig;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::{hf, CausalLm};
 use crate::{fetch, load_pretrained};
 use anyhow::Context;
 use candle_core::DType;
+use rhai::Map;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

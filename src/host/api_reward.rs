@@ -262,7 +262,9 @@ fn train_reward(run: &Run, encoder: &str, pairs: &Pairs, opts: &Map) -> Res<Rewa
 
 fn save_head(run: &Run, rm: &RewardModel, dir: &str, opts: &Map) -> Res<String> {
     let RewardModel::Embedding(e) = rm else {
-        return Err(error(format!("save: only a train_reward model can be saved, not {rm}")));
+        return Err(error(format!(
+            "save: only a train_reward model can be saved, not {rm}"
+        )));
     };
     let replace = replace_rule("save options", opts)?;
     let dir = in_run(run, dir).map_err(fail("save"))?;

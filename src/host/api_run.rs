@@ -2,12 +2,12 @@
 //! its directory, and sub-runs of other scripts (`run_script`, for comparisons).
 
 use super::api_report::{from_json, to_json};
-use crate::report::{read_metrics, METRICS};
 use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use super::resolver::find_script;
 use super::run::{interrupted, Run, RunOptions};
 use super::Host;
+use crate::report::{read_metrics, METRICS};
 use rand::Rng;
 use rhai::{Array, Dynamic, Engine, Map};
 use serde_json::json;

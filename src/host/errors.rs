@@ -1,8 +1,8 @@
 //! Script errors as a user wants to read them: `file:line:col`, the source line and a caret
 //! under the column, then the chain of calls and imports that led there.
 
-use super::resolver::Sources;
 use super::limits::Limits;
+use super::resolver::Sources;
 use rhai::{EvalAltResult, ParseErrorType, Position};
 
 /// Renders `err`, raised while running the source named `main` under `limits`.

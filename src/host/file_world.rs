@@ -120,16 +120,25 @@ impl FileWorld {
         let pairs = located_pairs(Path::new(&spec.pairs))?;
         let prompts = match &spec.prompts {
             Some(p) => located_prompts(Path::new(p))?,
-            None => pairs.iter().map(|(at, p)| (at.clone(), p.prompt.clone())).collect(),
+            None => pairs
+                .iter()
+                .map(|(at, p)| (at.clone(), p.prompt.clone()))
+                .collect(),
         };
         let eval = located_prompts(Path::new(&spec.eval))?;
         for (field, file, empty) in [
             ("pairs", &spec.pairs, pairs.is_empty()),
-            ("prompts", spec.prompts.as_ref().unwrap_or(&spec.pairs), prompts.is_empty()),
+            (
+                "prompts",
+                spec.prompts.as_ref().unwrap_or(&spec.pairs),
+                prompts.is_empty(),
+            ),
             ("eval", &spec.eval, eval.is_empty()),
         ] {
             if empty {
-                bail!("{file} (the world's `{field}`) holds no records; a world needs at least one");
+                bail!(
+                    "{file} (the world's `{field}`) holds no records; a world needs at least one"
+                );
             }
         }
         // Every example must render with the policy's chat template now, not at its first use.

@@ -134,10 +134,9 @@ impl Host {
     pub fn compile(&self, name: &str, text: &str, scope: &Scope) -> Result<AST, String> {
         self.sources.add(name, text);
         self.sources.set_main(name);
-        let mut ast = self
-            .engine
-            .compile_with_scope(scope, text)
-            .map_err(|e| errors::render(&e.into(), name, &self.sources, &self.run.options.limits))?;
+        let mut ast = self.engine.compile_with_scope(scope, text).map_err(|e| {
+            errors::render(&e.into(), name, &self.sources, &self.run.options.limits)
+        })?;
         ast.set_source(name);
         Ok(ast)
     }

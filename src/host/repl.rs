@@ -132,7 +132,9 @@ impl Repl {
         match out {
             Ok(v) if v.is_unit() => String::new(),
             Ok(v) => super::describe(&v),
-            Err(e) => super::errors::render(&e, name, &self.host.sources, &self.host.run.options.limits),
+            Err(e) => {
+                super::errors::render(&e, name, &self.host.sources, &self.host.run.options.limits)
+            }
         }
     }
 

@@ -144,7 +144,10 @@ impl ModelConfig {
             ("hidden_size", c.hidden_size),
             ("intermediate_size", c.intermediate_size),
             ("num_hidden_layers", c.num_hidden_layers),
-            ("max_position_embeddings", c.max_position_embeddings.unwrap_or(1)),
+            (
+                "max_position_embeddings",
+                c.max_position_embeddings.unwrap_or(1),
+            ),
             ("head_dim", c.head_dim.unwrap_or(1)),
         ] {
             if v == 0 {

@@ -94,7 +94,13 @@ pub const KIND: &str = "model";
 /// Writes `model` (and its tokenizer) as a new HF directory, atomically: `dir` must be new or
 /// empty.
 pub fn save(dir: &Path, model: &CausalLm, tokenizer: Option<&TextTokenizer>) -> Result<()> {
-    save_as(dir, model, tokenizer, atomic::Replace::Never, "use hf::save_as")
+    save_as(
+        dir,
+        model,
+        tokenizer,
+        atomic::Replace::Never,
+        "use hf::save_as",
+    )
 }
 
 /// [`save`], where an earlier saved model in `dir` is replaced with
@@ -106,8 +112,10 @@ pub fn save_as(
     replace: atomic::Replace,
     hint: &str,
 ) -> Result<()> {
-    atomic::write_dir(dir, KIND, replace, hint, |tmp| write_into(tmp, model, tokenizer))
-        .with_context(|| format!("saving the model to {}", dir.display()))
+    atomic::write_dir(dir, KIND, replace, hint, |tmp| {
+        write_into(tmp, model, tokenizer)
+    })
+    .with_context(|| format!("saving the model to {}", dir.display()))
 }
 
 /// Writes the HF files into an existing folder (used inside atomic checkpoint writes).

@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// The tensors of a safetensors file and its metadata.
-pub fn read(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+pub fn read(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let header = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
         let why = diagnose(&bytes).unwrap_or_else(|| e.to_string());
@@ -44,12 +47,27 @@ fn diagnose(bytes: &[u8]) -> Option<String> {
         let Some(bits) = dtype_bits(dtype) else {
             return Some(format!("tensor `{name}` has unknown dtype {dtype:?}"));
         };
-        let shape: Vec<u64> = info.get("shape")?.as_array()?.iter().map(Value::as_u64).collect::<Option<_>>()?;
-        let offsets: Vec<u64> = info.get("data_offsets")?.as_array()?.iter().map(Value::as_u64).collect::<Option<_>>()?;
+        let shape: Vec<u64> = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect::<Option<_>>()?;
+        let offsets: Vec<u64> = info
+            .get("data_offsets")?
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect::<Option<_>>()?;
         let [start, end] = offsets[..] else {
-            return Some(format!("tensor `{name}`: `data_offsets` must hold two numbers"));
+            return Some(format!(
+                "tensor `{name}`: `data_offsets` must hold two numbers"
+            ));
         };
-        let need = shape.iter().try_fold(bits as u64, |a, &d| a.checked_mul(d)).map(|b| b / 8);
+        let need = shape
+            .iter()
+            .try_fold(bits as u64, |a, &d| a.checked_mul(d))
+            .map(|b| b / 8);
         if end < start || need != Some(end - start) {
             return Some(format!(
                 "tensor `{name}`: shape {shape:?} of {dtype} needs {} bytes, but its data_offsets \
@@ -71,7 +89,9 @@ pub fn check(name: &str, t: &Tensor, source: &str) -> Result<()> {
         );
     }
     // x * 0 is 0 for every finite x, NaN for NaN and infinity: one pass, no copy to the host.
-    let probe = (t.to_dtype(DType::F32)? * 0.0)?.sum_all()?.to_scalar::<f32>()?;
+    let probe = (t.to_dtype(DType::F32)? * 0.0)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
     if !probe.is_finite() {
         bail!("tensor `{name}` in {source} holds NaN or infinite values");
     }

@@ -2,8 +2,8 @@
 //! `-log σ(r(chosen) - r(rejected))` with full-batch AdamW. A bias would cancel in every
 //! difference, so the head is `r(e) = w·e`.
 
-use crate::objective::log_sigmoid;
 use crate::model::weights;
+use crate::objective::log_sigmoid;
 use crate::train::grads::Gradients;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use anyhow::{bail, Context, Result};

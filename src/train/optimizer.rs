@@ -87,7 +87,10 @@ impl AdamWConfig {
             }
         }
         if !(finite(self.eps) && self.eps > 0.0) {
-            anyhow::bail!("optimizer: `eps` must be a positive number, got {}", self.eps);
+            anyhow::bail!(
+                "optimizer: `eps` must be a positive number, got {}",
+                self.eps
+            );
         }
         if !(finite(self.weight_decay) && self.weight_decay >= 0.0) {
             anyhow::bail!(
