@@ -420,6 +420,21 @@ fn cases() -> (Vec<Case>, Vec<ModelCase>) {
         &["script_batches_zero.rhai:2:", "batches"],
     ));
     c.push(script(
+        "script_table_escape",
+        "save_table([#{ a: 1 }], [\"a\"], \"../x\");\n",
+        &["script_table_escape.rhai:1:", "leave the run directory"],
+    ));
+    c.push(script(
+        "script_save_escape",
+        "let p = world(\"tiny\").policy();\np.save(\"../../m\");\n",
+        &["script_save_escape.rhai:2:", "leave the run directory"],
+    ));
+    c.push(script(
+        "script_message_role",
+        "let p = world(\"tiny\").policy();\nlogps(p, [[#{ role: \"oracle\", content: \"x\" }]], [\"y\"]);\n",
+        &["script_message_role.rhai:2:", "oracle", "not a chat role"],
+    ));
+    c.push(script(
         "script_world_name",
         "world(\"nonesuch\");\n",
         &["script_world_name.rhai:1:", "nonesuch"],

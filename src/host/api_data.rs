@@ -4,7 +4,7 @@
 
 use super::registry::{error, fail, Family, Res};
 use crate::data::encode::Text;
-use crate::data::pairs::{load_pairs, load_prompts, Pair};
+use crate::data::pairs::{load_pairs, load_prompts, Pair, ROLES};
 use crate::model::template::Message;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -57,6 +57,12 @@ pub fn dynamic_to_text(v: &Dynamic, what: &str) -> Res<Text> {
                 let map = m.read_lock::<Map>();
                 let field = |k: &str| map.as_ref().and_then(|m| m.get(k)).map(|v| v.to_string());
                 match (field("role"), field("content")) {
+                    (Some(role), Some(_)) if !ROLES.contains(&role.as_str()) => {
+                        Err(error(format!(
+                            "{what}: {role:?} is not a chat role (one of {})",
+                            ROLES.join(", ")
+                        )))
+                    }
                     (Some(role), Some(content)) => Ok(Message::new(&role, &content)),
                     _ => Err(error(format!("{what}: messages need `role` and `content`"))),
                 }

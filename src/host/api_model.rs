@@ -80,11 +80,20 @@ impl std::fmt::Display for Policy {
     }
 }
 
-/// A relative path inside the run directory.
+/// Where an output goes: an absolute path as given (the user named the place), a relative one
+/// inside the run directory, which it may not leave through `..`.
 pub fn in_run(run: &Run, path: &str) -> anyhow::Result<PathBuf> {
     let p = Path::new(path);
+    if path.trim().is_empty() {
+        anyhow::bail!("an output needs a name (got an empty path)");
+    }
     if p.is_absolute() {
         return Ok(p.to_path_buf());
+    }
+    if p.components().any(|c| c == std::path::Component::ParentDir) {
+        anyhow::bail!(
+            "{path:?} would leave the run directory (`..`); give a path inside it, or an absolute one"
+        );
     }
     Ok(run.report()?.dir().join(p))
 }

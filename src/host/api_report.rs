@@ -11,6 +11,7 @@ use crate::report::table;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use rhai::{Array, Dynamic, Map};
 use serde_json::Value;
+use std::path::Path;
 use std::rc::Rc;
 
 /// A script value as JSON; a one-element tensor becomes its number, a larger one an array.
@@ -178,8 +179,11 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
                         .ok_or_else(|| error(format!("save_table: rows must be maps, got {v}")))
                 })
                 .collect::<Res<_>>()?;
-            let dir = r.report().map_err(fail("save_table"))?.dir().to_path_buf();
-            let (_, md) = table::write(&dir, name, &cols, &rows).map_err(fail("save_table"))?;
+            let csv = in_run(&r, &format!("{name}.csv")).map_err(fail("save_table"))?;
+            let dir = csv.parent().map(Path::to_path_buf).unwrap_or_default();
+            let stem = csv.file_stem().map(|s| s.to_string_lossy().to_string());
+            let (_, md) = table::write(&dir, &stem.unwrap_or_default(), &cols, &rows)
+                .map_err(fail("save_table"))?;
             std::fs::read_to_string(&md).map_err(|e| fail("save_table")(e.into()))
         },
     );
