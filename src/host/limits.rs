@@ -1,7 +1,9 @@
 //! The script engine's limits: deep recursion, deep expressions and huge values end the script
 //! with an error naming the limit, instead of overflowing the stack or aborting on allocation.
 //! Each default is stated once, here; `metaapo script --help` shows them, and each can be
-//! raised from the command line.
+//! raised from the command line. The size checks have a cost: the engine re-measures a value
+//! after each change to it, so growing one array or map of n entries element by element costs
+//! O(n^2) (100,000 pushes: 2.8 s instead of 0.06 s); 0 turns a size check off.
 
 use rhai::Engine;
 
