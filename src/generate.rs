@@ -151,7 +151,9 @@ fn ensure_fits(model: &CausalLm, prompts: &[Vec<u32>], cfg: &SampleConfig) -> Re
     let samples = rows * (new * 4.0 + 64.0);
     let batch = rows.min(cfg.batch_size as f64);
     let per_token = (c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim) as f64 * 4.0;
-    let cache = batch * (longest + new) * per_token + batch * c.vocab_size as f64 * 8.0;
+    // The prefill's attention scores are (batch, heads, prompt, prompt).
+    let prefill = batch * c.num_attention_heads as f64 * longest * longest * 4.0 * 2.0;
+    let cache = batch * (longest + new) * per_token + batch * c.vocab_size as f64 * 8.0 + prefill;
     crate::memory::ensure_fits(
         &format!(
             "generate: n = {} samples of each of {} prompts ({rows:e} rows) with max_new_tokens = \

@@ -281,6 +281,10 @@ fn a_checkpoint_killed_after_any_filesystem_operation_resumes_safely() {
         assert!(left.is_empty(), "k = {k}: {left:?}");
         k += 1;
     }
+    println!(
+        "kill points: {}, resumes refused: {refused}, resumed: {resumed}",
+        k - 1
+    );
     // Three checkpoints of about ten operations each: every point was tried.
     assert!(k > 25, "only {k} crash points");
     assert!(
@@ -837,7 +841,9 @@ fn long_inputs_are_truncated_to_the_models_context() {
     std::fs::write(
         dir.join("score.rhai"),
         "let p = world(\"tiny\").policy();\nlet s = score(p, p.frozen(), load_pairs(\"long.jsonl\"));\n\
-         if !(s.chosen.to_array()[0] < 0.0) { throw \"not scored\"; }\nprint(\"scored\");\n",
+         if !(s.chosen.to_array()[0] < 0.0) { throw \"not scored\"; }\nprint(\"scored\");\n\
+         let g = generate(p, [`${\"9\".pad(1000000, \"9\")}+1=`], #{ max_new_tokens: 4 });\n\
+         print(`generated ${g.len()}`);\n",
     )
     .unwrap();
     let o = metaapo(&dir)
@@ -846,5 +852,5 @@ fn long_inputs_are_truncated_to_the_models_context() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    contains(&text(&o), &["scored"]);
+    contains(&text(&o), &["scored", "generated 1"]);
 }

@@ -92,7 +92,8 @@ pub fn render(tok: &TextTokenizer, prompt: &Text, response: &Text) -> Result<(St
     }
 }
 
-fn keep_last(ids: Vec<u32>, n: Option<usize>) -> Vec<u32> {
+/// The last `n` of `ids` (all with no `n`): how a long prompt is cut.
+pub fn keep_last(ids: Vec<u32>, n: Option<usize>) -> Vec<u32> {
     match n {
         Some(n) if ids.len() > n => ids[ids.len() - n..].to_vec(),
         _ => ids,

@@ -4,7 +4,7 @@ use super::api_data::dynamic_to_text;
 use super::api_model::Policy;
 use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
-use crate::data::encode::{render, Text};
+use crate::data::encode::{keep_last, render, Text};
 use crate::generate::{cut_at_stop, generate, SampleConfig, Stop};
 use rhai::{Array, Dynamic, Map};
 
@@ -46,11 +46,13 @@ pub fn run(policy: &Policy, prompts: &Array, opts: &Map) -> Res<Array> {
         .iter()
         .map(|p| dynamic_to_text(p, "generate prompt"))
         .collect::<Res<Vec<_>>>()?;
+    // The prompt the policy is trained on: its last `max_prompt_length` tokens.
+    let keep = policy.0.encode.max_prompt_length;
     let ids = texts
         .iter()
         .map(|t| {
             let (prompt, _) = render(tok, t, &Text::Plain(String::new()))?;
-            tok.encode(&prompt)
+            Ok(keep_last(tok.encode(&prompt)?, keep))
         })
         .collect::<anyhow::Result<Vec<_>>>()
         .map_err(fail("generate"))?;
