@@ -58,7 +58,7 @@ pub struct Report {
 
 impl Report {
     /// Creates `dir` (it may exist, but must not hold another run's metrics), and removes the
-    /// temporary folders that a killed checkpoint write left in it.
+    /// temporary files and folders that a killed write left in it and its checkpoints.
     pub fn open(dir: &Path) -> Result<Self> {
         if dir.join(METRICS).exists() {
             anyhow::bail!(
@@ -67,6 +67,7 @@ impl Report {
             );
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        atomic::clean_stale(dir);
         atomic::clean_stale(&dir.join("checkpoints"));
         let open = |name: &str| {
             std::fs::OpenOptions::new()
