@@ -281,6 +281,45 @@ fn repl_keeps_going_after_an_error() {
 }
 
 #[test]
+fn check_finds_calls_of_unknown_functions_and_errors_list_the_known_forms() {
+    let dir = scratch("check-calls");
+    std::fs::write(
+        dir.join("typo.rhai"),
+        "let w = world(\"tiny\");\nlet p = w.policy();\nlet s = scroe(p, p, w.pairs);\n",
+    )
+    .unwrap();
+    let o = metaapo(&dir)
+        .arg("check")
+        .arg(dir.join("typo.rhai"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("scroe") && stderr.contains("typo.rhai:3:9"),
+        "{stderr}"
+    );
+    std::fs::write(
+        dir.join("args.rhai"),
+        "let w = world(\"tiny\");\nlet p = w.policy();\nlet s = score(p, p, [1]);\n",
+    )
+    .unwrap();
+    let o = metaapo(&dir)
+        .arg("script")
+        .arg(dir.join("args.rhai"))
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&o);
+    assert!(
+        stderr.contains("`score` takes:")
+            && stderr.contains("score(policy: Policy, reference: Policy, pairs: Pairs) -> Map"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_reports_line_and_column_in_the_script_and_its_imports() {
     let dir = scratch("check");
     std::fs::write(dir.join("broken.rhai"), "let a = 1;\nlet b = (a + ;\n").unwrap();

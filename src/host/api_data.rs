@@ -107,6 +107,16 @@ pub fn register(api: &mut Family) {
             }
             Ok(pair_to_map(&p.0[j as usize]))
         });
+    api.operator(
+        "+",
+        "(a: Pairs, b: Pairs) -> Pairs",
+        "The pairs of a, then those of b.",
+    );
+    api.operator(
+        "[]",
+        "(pairs: Pairs, i: int) -> Map",
+        "Pair i as #{prompt, chosen, rejected}; negative i counts from the end.",
+    );
     api.func(
         "load_pairs",
         "(path: String) -> Pairs",

@@ -1,7 +1,8 @@
 //! meta: MetaAPO's meta-learner as scripts hold it (`meta_learner`, `weights`, `fit`) and the
 //! meta-buffer of detached `(score, offline loss, online loss)` triples it is fitted on.
 
-use super::opts::{numbers, Opts};
+use super::api_tensor::numbers;
+use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use super::run::Run;
 use crate::meta::{MetaConfig, MetaInit, MetaLearner};
@@ -103,7 +104,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "weights",
         "(learner: MetaLearner, scores: Array) -> Array",
-        "w = h(s) in (0, 1) for preference scores s = log σ(β_in·Δ) (array or tensor); plain numbers, so no gradient reaches the learner.",
+        "w = h(s) in (0, 1) for preference scores s = log σ(β_in·Δ) (array or tensor); plain so no gradient reaches the learner.",
         |l: &mut Learner, scores: Dynamic| -> Res<rhai::Array> {
             let s = numbers(&scores, "weights: scores")?;
             let w = l.0.borrow().weights(&s).map_err(fail("weights"))?;

@@ -2,8 +2,8 @@
 //! `weights` (a tensor or an array; the loss is sum(w·l)/N) and returns `#{ loss, losses,
 //! metrics }`: the scalar loss, the per-pair losses and TRL-named metrics for `log`.
 
-use super::api_tensor::Tensor;
-use super::opts::{numbers, Opts};
+use super::api_tensor::{numbers, Tensor};
+use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use crate::objective::{self, DpoConfig, KtoConfig, LossOutput, SelmConfig, SimpoConfig};
 use crate::score::{PairLogps, SeqLogps};
@@ -98,7 +98,7 @@ fn pairwise(name: &'static str, s: &Map, opts: &Map) -> Res<Map> {
             let w = on_device(w, &pol.chosen.sum)?;
             objective::ipo(&pol, &pair(s, "ref_", name)?, beta, w.as_ref())
         }
-        _ => {
+        "simpo" => {
             let cfg = SimpoConfig {
                 beta: o.f64("beta", 2.5)?,
                 gamma: o.f64("gamma", 0.6)?,
@@ -108,6 +108,7 @@ fn pairwise(name: &'static str, s: &Map, opts: &Map) -> Res<Map> {
             let w = on_device(w, &pol.chosen.sum)?;
             objective::simpo(&pol, &cfg, w.as_ref())
         }
+        other => return Err(error(format!("unknown pairwise objective {other:?}"))),
     };
     output(out.map_err(fail(name))?)
 }
@@ -195,7 +196,7 @@ pub fn register(api: &mut Family) {
         |s: Map, kl: Map, o: Map| kto(&s, &kl, &o),
     );
     let docs: [(&'static str, &str); 4] = [
-        ("dpo", "DPO -log σ(βΔ); options beta (0.1), label_smoothing (cDPO ε), rpo_alpha, weights."),
+        ("dpo", "DPO -log σ(βΔ); options beta (0.1), label_smoothing (cDPO ε), rpo_alpha (RPO: adds α·NLL(chosen)/|chosen| per pair; off), weights (per pair: loss = mean(w·ℓ) over the batch, not a weighted mean)."),
         ("cdpo", "Conservative DPO: dpo with label_smoothing ε (options beta, label_smoothing, weights)."),
         ("ipo", "IPO (Δ - 1/(2β))²; options beta (0.1), weights."),
         ("simpo", "SimPO on mean log-probs, no reference; options beta (2.5), gamma (0.6), weights."),

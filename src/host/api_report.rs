@@ -2,8 +2,8 @@
 //! `progress(total)` starts one; `summary(map)` adds to summary.json; `table(rows)` prints.
 
 use super::api_model::in_run;
-use super::api_tensor::Tensor;
-use super::opts::{numbers, Opts};
+use super::api_tensor::{numbers, Tensor};
+use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use super::run::Run;
 use crate::report::plot::{self, Labels, Series};

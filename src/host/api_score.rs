@@ -97,7 +97,7 @@ pub fn register(api: &mut Family) {
     api.func(
         "score",
         "(policy: Policy, reference: Policy, pairs: Pairs) -> Map",
-        "Summed/mean log-probs of chosen and rejected under both models (chosen, rejected, *_mean, ref_*) and Δ (delta).",
+        "Summed/mean log-probs of chosen and rejected under both models (chosen, rejected, *_mean, ref_*), Δ (delta) and the number of pairs (n).",
         |policy: Policy, reference: Policy, pairs: Pairs| {
             score(&policy, &reference, &pairs).map_err(fail("score"))
         },

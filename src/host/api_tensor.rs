@@ -31,6 +31,31 @@ fn binary(a: &Tensor, b: &Tensor, op: Op, name: &'static str) -> Res<Tensor> {
     })
 }
 
+/// Numbers from an array or a tensor (`what` names the value in errors).
+pub fn numbers(v: &Dynamic, what: &str) -> Res<Vec<f64>> {
+    if let Some(t) = v.clone().try_cast::<Tensor>() {
+        return t.values().map_err(|e| error(format!("{what}: {e:#}")));
+    }
+    let arr = v
+        .read_lock::<rhai::Array>()
+        .ok_or_else(|| error(format!("{what} must be a tensor or an array of numbers")))?;
+    arr.iter()
+        .map(|x| number(x).ok_or_else(|| error(format!("{what} must hold numbers, not {x}"))))
+        .collect()
+}
+
+/// Positions of `v`'s numbers in ascending order (stable).
+fn order(v: &Dynamic, what: &str) -> Res<Vec<usize>> {
+    let x = numbers(v, &format!("{what} values"))?;
+    let mut o: Vec<usize> = (0..x.len()).collect();
+    o.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    Ok(o)
+}
+
+fn indices(o: &[usize]) -> Array {
+    o.iter().map(|&i| Dynamic::from_int(i as i64)).collect()
+}
+
 fn unary(
     t: &Tensor,
     name: &'static str,
@@ -135,7 +160,38 @@ pub fn register(api: &mut Family) {
         |a: Tensor, x: f64| unary(&a, "/", |t| Ok((t.recip()? * x)?))
     );
     e.register_fn("-", |a: Tensor| unary(&a, "-", |t| Ok(t.neg()?)));
+    // A tensor is not one number: comparing it would silently answer false (Rhai's default for
+    // unknown types), so every comparison is an error saying what to compare instead.
+    for op in ["==", "!=", "<", "<=", ">", ">="] {
+        let refuse = move || -> Res<bool> {
+            Err(error(format!(
+                "`{op}` on a tensor: compare t.item() (one value) or the numbers of t.to_array()"
+            )))
+        };
+        e.register_fn(op, move |_: Tensor, _: Tensor| refuse());
+        e.register_fn(op, move |_: Tensor, _: f64| refuse());
+        e.register_fn(op, move |_: Tensor, _: i64| refuse());
+        e.register_fn(op, move |_: f64, _: Tensor| refuse());
+        e.register_fn(op, move |_: i64, _: Tensor| refuse());
+    }
 
+    for op in ["+", "-", "*", "/"] {
+        api.operator(
+            op,
+            "(a: Tensor|float|int, b: Tensor|float|int) -> Tensor",
+            "Elementwise, broadcasting, differentiable; one side may be a number.",
+        );
+    }
+    api.operator(
+        "-",
+        "(t: Tensor) -> Tensor",
+        "Elementwise negation (unary minus).",
+    );
+    api.operator(
+        "== != < <= > >=",
+        "(a: Tensor|float|int, b: Tensor|float|int) -> error",
+        "An error: a tensor is not one number; compare t.item() or t.to_array().",
+    );
     api.func(
         "tensor",
         "(values: Array) -> Tensor",
@@ -157,9 +213,16 @@ pub fn register(api: &mut Family) {
         ("log", "Natural logarithm.", |t| Ok(t.log()?)),
         ("abs", "|x|.", |t| Ok(t.abs()?)),
         ("sqrt", "Square root.", |t| Ok(t.sqrt()?)),
-        ("mean", "Mean of all elements (a scalar tensor).", |t| {
-            Ok(t.mean_all()?)
-        }),
+        (
+            "mean",
+            "Mean of all elements (a scalar tensor); an empty tensor is an error.",
+            |t| {
+                if t.elem_count() == 0 {
+                    anyhow::bail!("the tensor is empty, so it has no mean");
+                }
+                Ok(t.mean_all()?)
+            },
+        ),
         ("sum", "Sum of all elements (a scalar tensor).", |t| {
             Ok(t.sum_all()?)
         }),
@@ -224,6 +287,45 @@ pub fn register(api: &mut Family) {
         "(t: Tensor) -> int",
         "Size of the first dimension.",
         |t: Tensor| -> i64 { t.0.dims().first().copied().unwrap_or(1) as i64 },
+    );
+    api.func(
+        "argsort",
+        "(values: Array) -> Array",
+        "Indices that sort the numbers (an array or a tensor) ascending; ties keep their order.",
+        |v: Dynamic| -> Res<Array> { Ok(indices(&order(&v, "argsort")?)) },
+    );
+    api.func(
+        "top_k",
+        "(values: Array, k: int) -> Array",
+        "Indices of the k largest numbers, largest first (all of them when k exceeds the length).",
+        |v: Dynamic, k: i64| -> Res<Array> {
+            if k < 0 {
+                return Err(error(format!("top_k: k must be >= 0, got {k}")));
+            }
+            let mut o = order(&v, "top_k")?;
+            o.reverse();
+            o.truncate(k as usize);
+            Ok(indices(&o))
+        },
+    );
+    api.func(
+        "quantile",
+        "(values: Array, q: float) -> float",
+        "The q-quantile (0 = min, 0.5 = median, 1 = max), interpolated linearly as numpy's default.",
+        |v: Dynamic, q: f64| -> Res<f64> {
+            let x = numbers(&v, "quantile values")?;
+            if x.is_empty() || !(0.0..=1.0).contains(&q) {
+                return Err(error(format!(
+                    "quantile: needs at least one number and q in [0, 1] (got {} numbers, q = {q})",
+                    x.len()
+                )));
+            }
+            let mut sorted = x;
+            sorted.sort_by(f64::total_cmp);
+            let at = q * (sorted.len() - 1) as f64;
+            let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+            Ok(sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64))
+        },
     );
     api.func(
         "summary",

@@ -183,7 +183,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "World",
         "lr",
         "float",
-        "A learning rate that suits preference training here.",
+        "The learning rate offline DPO uses on this world (1e-4 built in); the online scripts state their own (1e-5), as the online part is unstable at this one.",
         |w: &mut WorldHandle| match w {
             WorldHandle::Builtin(b) => b.config.lr,
             WorldHandle::Files(f) => f.spec.lr,
@@ -219,7 +219,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "gold",
         "(world: World, prompt: String, response: String) -> float",
-        "The gold (true) reward of a response (built-in worlds).",
+        "The gold (true) reward of a response (built-in worlds). Not counted in annotations(): only annotate() is.",
         |w: &mut WorldHandle, p: &str, y: &str| {
             builtin(w, "gold")?.gold(p, y).map_err(fail("gold"))
         },
@@ -227,7 +227,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "annotator",
         "(world: World, prompt: String, response: String) -> float",
-        "The annotator's reward: the gold reward plus fixed, per-text noise (built-in worlds).",
+        "The annotator's reward: the gold reward plus fixed, per-text noise (built-in worlds). Not counted in annotations(): only annotate() is.",
         |w: &mut WorldHandle, p: &str, y: &str| {
             builtin(w, "annotator")?
                 .annotator(p, y)

@@ -2,11 +2,21 @@
 //! under the column, then the chain of calls and imports that led there.
 
 use super::limits::Limits;
+use super::registry::FnDoc;
 use super::resolver::Sources;
 use rhai::{EvalAltResult, ParseErrorType, Position};
 
-/// Renders `err`, raised while running the source named `main` under `limits`.
-pub fn render(err: &EvalAltResult, main: &str, sources: &Sources, limits: &Limits) -> String {
+/// What rendering an error needs besides the error: the sources, the limits in force and the
+/// documented functions (to list the forms of a function called with the wrong arguments).
+pub struct Context<'a> {
+    pub sources: &'a Sources,
+    pub limits: &'a Limits,
+    pub docs: &'a [FnDoc],
+}
+
+/// Renders `err`, raised while running the source named `main`.
+pub fn render(err: &EvalAltResult, main: &str, cx: &Context) -> String {
+    let sources = cx.sources;
     let mut frames = vec![];
     let mut file = main.to_string();
     let mut e = err;
@@ -27,8 +37,21 @@ pub fn render(err: &EvalAltResult, main: &str, sources: &Sources, limits: &Limit
             _ => break,
         }
     }
-    let mut out = format!("error: {}", message(e, limits));
+    let mut out = format!("error: {}", message(e, cx.limits));
     out += &location(&file, e.position(), sources);
+    if let EvalAltResult::ErrorFunctionNotFound(signature, _) = e {
+        let name = signature.split([' ', '(']).next().unwrap_or_default();
+        let name = name.rsplit("::").next().unwrap_or(name);
+        let forms: Vec<String> = cx
+            .docs
+            .iter()
+            .filter(|d| d.name == name || d.name.ends_with(&format!(".{name}")))
+            .map(|d| format!("\n    {}{}", d.name, d.signature))
+            .collect();
+        if !forms.is_empty() {
+            out += &format!("\n  `{name}` takes:{}", forms.concat());
+        }
+    }
     for (file, pos, what) in frames.iter().rev() {
         out += &format!("\n  {what}, at {}", at(file, *pos));
     }

@@ -78,8 +78,15 @@ pub fn describe(v: &Dynamic) -> String {
     if let Some(o) = v.clone().try_cast::<api_train::Optimizer>() {
         return o.to_string();
     }
+    // A one-line string is quoted, so "" and " " show; a multi-line one (a summary, a table)
+    // prints as it reads.
     if v.is_string() {
-        return format!("{:?}", v.to_string());
+        let s = v.to_string();
+        return if s.contains('\n') {
+            s
+        } else {
+            format!("{s:?}")
+        };
     }
     v.to_string()
 }
@@ -130,13 +137,22 @@ impl Host {
         }
     }
 
+    pub fn error_context(&self) -> errors::Context<'_> {
+        errors::Context {
+            sources: &self.sources,
+            limits: &self.run.options.limits,
+            docs: &self.docs,
+        }
+    }
+
     /// Compiles a script named `name`; an error is rendered with file, line, column and caret.
     pub fn compile(&self, name: &str, text: &str, scope: &Scope) -> Result<AST, String> {
         self.sources.add(name, text);
         self.sources.set_main(name);
-        let mut ast = self.engine.compile_with_scope(scope, text).map_err(|e| {
-            errors::render(&e.into(), name, &self.sources, &self.run.options.limits)
-        })?;
+        let mut ast = self
+            .engine
+            .compile_with_scope(scope, text)
+            .map_err(|e| errors::render(&e.into(), name, &self.error_context()))?;
         ast.set_source(name);
         Ok(ast)
     }
@@ -157,7 +173,65 @@ impl Host {
             }
             result.is_ok()
         });
-        result.map_err(|e| errors::render(&e, name, &self.sources, &self.run.options.limits))
+        result
+            .and_then(|()| self.unknown_calls(&ast))
+            .map_err(|e| errors::render(&e, name, &self.error_context()))
+    }
+
+    /// The first call (plain or method) of a function that neither the host, Rhai's packages
+    /// nor the script itself defines. Calls into imported modules (`m::f`) and of variables
+    /// holding function pointers are left to run time.
+    fn unknown_calls(&self, ast: &AST) -> Result<(), Box<rhai::EvalAltResult>> {
+        // Rhai's keyword functions, which no signature lists.
+        const KEYWORDS: [&str; 10] = [
+            "print",
+            "debug",
+            "type_of",
+            "eval",
+            "Fn",
+            "call",
+            "curry",
+            "is_shared",
+            "is_def_var",
+            "is_def_fn",
+        ];
+        let mut known: std::collections::HashSet<String> = self
+            .engine
+            .gen_fn_signatures(true)
+            .iter()
+            .filter_map(|s| s.split('(').next().map(|n| n.trim().to_string()))
+            .collect();
+        known.extend(KEYWORDS.iter().map(|k| k.to_string()));
+        known.extend(ast.iter_functions().map(|f| f.name.to_string()));
+        let mut variables = std::collections::HashSet::new();
+        let mut calls = vec![];
+        ast.walk(&mut |path| {
+            match path.last() {
+                Some(rhai::ASTNode::Stmt(rhai::Stmt::Var(x, ..))) => {
+                    variables.insert(x.0.name.to_string());
+                }
+                Some(
+                    rhai::ASTNode::Expr(
+                        rhai::Expr::FnCall(f, pos) | rhai::Expr::MethodCall(f, pos),
+                    )
+                    | rhai::ASTNode::Stmt(rhai::Stmt::FnCall(f, pos)),
+                ) if f.namespace.is_empty() && f.op_token.is_none() => {
+                    calls.push((f.name.to_string(), *pos));
+                }
+                _ => {}
+            }
+            true
+        });
+        match calls
+            .into_iter()
+            .find(|(n, _)| !known.contains(n) && !variables.contains(n))
+        {
+            Some((name, pos)) => Err(Box::new(rhai::EvalAltResult::ErrorFunctionNotFound(
+                format!("{name} (no host, Rhai or script function has this name)"),
+                pos,
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Whether the script may read `--set`: it calls `params` itself, or imports modules that
@@ -176,6 +250,6 @@ impl Host {
         let ast = self.compile(name, text, &scope)?;
         self.engine
             .run_ast_with_scope(&mut scope, &ast)
-            .map_err(|e| errors::render(&e, name, &self.sources, &self.run.options.limits))
+            .map_err(|e| errors::render(&e, name, &self.error_context()))
     }
 }

@@ -105,16 +105,3 @@ pub fn number(v: &Dynamic) -> Option<f64> {
         .ok()
         .or_else(|| v.as_int().ok().map(|i| i as f64))
 }
-
-/// Numbers from an array or a tensor (`what` names the value in errors).
-pub fn numbers(v: &Dynamic, what: &str) -> Res<Vec<f64>> {
-    if let Some(t) = v.clone().try_cast::<super::api_tensor::Tensor>() {
-        return t.values().map_err(|e| error(format!("{what}: {e:#}")));
-    }
-    let arr = v
-        .read_lock::<rhai::Array>()
-        .ok_or_else(|| error(format!("{what} must be a tensor or an array of numbers")))?;
-    arr.iter()
-        .map(|x| number(x).ok_or_else(|| error(format!("{what} must hold numbers, not {x}"))))
-        .collect()
-}

@@ -93,7 +93,19 @@ impl<'a> Family<'a> {
         self
     }
 
-    /// Direct access, for operators and `to_string` hooks that need no documentation entry.
+    /// Documents an operator or indexer registered through [`Family::engine`], so that
+    /// `metaapo api` lists it with the functions.
+    pub fn operator(&mut self, name: &str, signature: &str, doc: &str) -> &mut Self {
+        self.docs.push(FnDoc {
+            family: self.family,
+            name: name.to_string(),
+            signature: signature.to_string(),
+            doc: doc.to_string(),
+        });
+        self
+    }
+
+    /// Direct access, for operators and `to_string` hooks (documented with [`Family::operator`]).
     pub fn engine(&mut self) -> &mut Engine {
         self.engine
     }

@@ -132,9 +132,7 @@ impl Repl {
         match out {
             Ok(v) if v.is_unit() => String::new(),
             Ok(v) => super::describe(&v),
-            Err(e) => {
-                super::errors::render(&e, name, &self.host.sources, &self.host.run.options.limits)
-            }
+            Err(e) => super::errors::render(&e, name, &self.host.error_context()),
         }
     }
 
@@ -195,19 +193,29 @@ impl Repl {
         }
     }
 
+    /// Each variable in scope once (a shadowed one by its latest value), with its script type.
     fn vars(&self) -> String {
-        self.scope
+        let mut seen = std::collections::HashSet::new();
+        let mut lines: Vec<String> = self
+            .scope
             .iter()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .filter(|(name, _, _)| seen.insert(name.to_string()))
             .map(|(name, _, v)| {
                 let text = super::describe(&v);
                 let first = text.lines().next().unwrap_or("");
-                format!(
-                    "{name}: {} = {first}",
-                    self.host.engine.map_type_name(v.type_name())
-                )
+                let ty = match v.type_name() {
+                    "i64" | "i32" => "int",
+                    "f64" | "f32" => "float",
+                    other => self.host.engine.map_type_name(other),
+                };
+                format!("{name}: {ty} = {first}")
             })
-            .collect::<Vec<_>>()
-            .join("\n")
+            .collect();
+        lines.reverse();
+        lines.join("\n")
     }
 
     /// Handles one complete input (a command or code).

@@ -10,4 +10,4 @@ mod rope;
 pub use logprobs::token_logprobs;
 pub use mask::{attention_bias, MASKED};
 pub use norm::rms_norm;
-pub use rope::Rope;
+pub use rope::{Rope, RopeScaling};

@@ -1,5 +1,19 @@
-use crate::model::config::RopeScaling;
 use candle_core::{DType, Device, Result, Tensor, D};
+
+/// RoPE frequency scaling (`rope_scaling` in config.json).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1's piecewise scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
 
 /// Rotary position embedding with HF's non-interleaved ("rotate half") layout.
 #[derive(Debug, Clone)]

@@ -1,5 +1,4 @@
 use crate::model::weights;
-use crate::train::checkpoint::state_tensor;
 use crate::train::grads::Gradients;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use anyhow::{bail, Context, Result};
@@ -217,7 +216,7 @@ impl MetaLearner {
             .with_context(|| format!("{}: metadata `config` is missing", path.display()))?;
         let mut learner = Self::new(config, device, DType::F32)?;
         for (name, var) in &learner.vars {
-            let t = state_tensor(&tensors, name, var.dims(), &path)?;
+            let t = weights::state_tensor(&tensors, name, var.dims(), &path)?;
             var.set(&t.to_dtype(var.dtype())?)?;
         }
         learner.opt.load(&dir.join(OPTIMIZER))?;

@@ -1,5 +1,6 @@
 //! Llama-family model configuration, read from a HF `config.json`.
 
+pub use crate::kernels::RopeScaling;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -38,21 +39,6 @@ impl Architecture {
             _ => None,
         }
     }
-}
-
-/// RoPE frequency scaling (`rope_scaling` in config.json).
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeScaling {
-    Linear {
-        factor: f64,
-    },
-    /// Llama 3.1's piecewise scaling.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: f64,
-    },
 }
 
 #[derive(Debug, Clone)]

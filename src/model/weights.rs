@@ -80,6 +80,26 @@ fn diagnose(bytes: &[u8]) -> Option<String> {
     None
 }
 
+/// Tensor `name` of a file read by [`read`], checked to have shape `dims`.
+pub fn state_tensor(
+    tensors: &HashMap<String, Tensor>,
+    name: &str,
+    dims: &[usize],
+    path: &Path,
+) -> Result<Tensor> {
+    let t = tensors
+        .get(name)
+        .with_context(|| format!("{}: tensor `{name}` is missing", path.display()))?;
+    if t.dims() != dims {
+        bail!(
+            "{}: tensor `{name}` has shape {:?}, expected {dims:?}",
+            path.display(),
+            t.dims()
+        );
+    }
+    Ok(t.clone())
+}
+
 /// Refuses a weight that is not floating point, or holds NaN or infinity, naming it.
 pub fn check(name: &str, t: &Tensor, source: &str) -> Result<()> {
     if !t.dtype().is_float() {

@@ -190,6 +190,8 @@ impl Report {
 fn number(v: &Value) -> String {
     match v.as_f64() {
         Some(x) if x.fract() == 0.0 && x.abs() < 1e12 => format!("{x}"),
+        // A learning rate of 1e-5 would read 0.0000 with four decimals.
+        Some(x) if x.abs() < 1e-3 => format!("{x:.3e}"),
         Some(x) => format!("{x:.4}"),
         None => v.to_string(),
     }

@@ -5,11 +5,9 @@ use super::optimizer::AdamW;
 use crate::atomic;
 use crate::model::{hf, tokenizer::TextTokenizer, CausalLm};
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::Path;
 
 pub const OPTIMIZER: &str = "optimizer.safetensors";
@@ -30,26 +28,6 @@ pub fn check_name(name: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Tensor `name` of a file read by [`crate::model::weights::read`], checked to have shape `dims`.
-pub fn state_tensor(
-    tensors: &HashMap<String, Tensor>,
-    name: &str,
-    dims: &[usize],
-    path: &Path,
-) -> Result<Tensor> {
-    let t = tensors
-        .get(name)
-        .with_context(|| format!("{}: tensor `{name}` is missing", path.display()))?;
-    if t.dims() != dims {
-        bail!(
-            "{}: tensor `{name}` has shape {:?}, expected {dims:?}",
-            path.display(),
-            t.dims()
-        );
-    }
-    Ok(t.clone())
 }
 
 /// The exact position of a ChaCha8 stream, so a resumed run draws the same numbers.

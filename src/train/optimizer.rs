@@ -246,7 +246,8 @@ impl AdamW {
         for slot in &mut self.slots {
             let get = |prefix: &str| -> Result<Tensor> {
                 let name = format!("{prefix}.{}", slot.name);
-                let t = super::checkpoint::state_tensor(&tensors, &name, slot.var.dims(), path)?;
+                let t =
+                    crate::model::weights::state_tensor(&tensors, &name, slot.var.dims(), path)?;
                 Ok(t.to_dtype(DType::F32)?)
             };
             let (m, v) = (get("exp_avg")?, get("exp_avg_sq")?);
