@@ -693,30 +693,9 @@ fn cases() -> (Vec<Case>, Vec<ModelCase>) {
     (c, models)
 }
 
-fn tiny_world() -> metaapo::world::World {
-    metaapo::world::World::build(
-        metaapo::world::WorldConfig::preset("tiny").unwrap(),
-        &candle_core::Device::Cpu,
-        &mut |_, _, _| Ok(()),
-    )
-    .unwrap()
-}
-
 fn write_world_files(dir: &Path, world: &metaapo::world::World) {
     let w = dir.join("w");
-    hf::save(
-        &w.join("policy"),
-        &world.policy(false).unwrap(),
-        Some(&world.tokenizer),
-    )
-    .unwrap();
-    let rm = w.join("reward");
-    std::fs::create_dir_all(&rm).unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama_rm");
-    for f in ["config.json", hf::WEIGHTS] {
-        std::fs::copy(fixtures.join(f), rm.join(f)).unwrap();
-    }
-    world.tokenizer.save(&rm).unwrap();
+    common::policy_and_reward(&w, world);
     std::fs::write(w.join("pairs.jsonl"), format!("{PAIR}\n")).unwrap();
     std::fs::write(w.join("eval.jsonl"), "{\"prompt\": \"2+2=\"}\n").unwrap();
     std::fs::write(w.join("empty.jsonl"), "").unwrap();
@@ -743,7 +722,7 @@ fn every_bad_input_ends_in_one_located_error() {
     let dir = std::env::temp_dir().join(format!("metaapo-corpus-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let world = tiny_world();
+    let world = common::tiny_world();
     write_world_files(&dir, &world);
     model_dir(&dir, "m-good", &world);
     let (scripts, models) = cases();

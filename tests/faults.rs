@@ -537,34 +537,13 @@ fn ctrl_c_stops_a_long_generate_within_seconds() {
 
 // ---- every error says where ------------------------------------------------------------------
 
-fn tiny_world() -> metaapo::world::World {
-    metaapo::world::World::build(
-        metaapo::world::WorldConfig::preset("tiny").unwrap(),
-        &candle_core::Device::Cpu,
-        &mut |_, _, _| Ok(()),
-    )
-    .unwrap()
-}
-
 /// A file world around the tiny world's policy and a reward directory, with the given pair,
 /// prompt and eval files and extra spec fields.
 fn file_world(dir: &Path, pairs: &str, eval: &str, extra: &str) -> PathBuf {
-    let world = tiny_world();
+    let world = common::tiny_world();
     let files = dir.join("files");
     if !files.join("policy").exists() {
-        hf::save(
-            &files.join("policy"),
-            &world.policy(false).unwrap(),
-            Some(&world.tokenizer),
-        )
-        .unwrap();
-        let rm = files.join("reward");
-        std::fs::create_dir_all(&rm).unwrap();
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama_rm");
-        for f in ["config.json", hf::WEIGHTS] {
-            std::fs::copy(fixtures.join(f), rm.join(f)).unwrap();
-        }
-        world.tokenizer.save(&rm).unwrap();
+        common::policy_and_reward(&files, &world);
     }
     std::fs::write(files.join("pairs.jsonl"), pairs).unwrap();
     std::fs::write(files.join("eval.jsonl"), eval).unwrap();
@@ -731,7 +710,7 @@ fn model_files_name_the_field_or_tensor_at_fault() {
 #[test]
 fn a_tokenizer_larger_than_the_vocabulary_is_refused_at_load() {
     let dir = scratch("vocab");
-    let world = tiny_world();
+    let world = common::tiny_world();
     // A model with a vocabulary of 8 next to the world's larger tokenizer.
     let mut raw = world.policy(false).unwrap().config.raw.clone();
     raw["vocab_size"] = 8.into();

@@ -1,6 +1,8 @@
 //! The script host end to end, through the `metaapo` binary: every bundled script in reduced
 //! mode, the REPL over standard input, `check`, `--set` and `api`.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -440,26 +442,12 @@ fn api_lists_every_family_with_docs() {
 
 #[test]
 fn a_world_from_files_runs_the_scripts_unchanged() {
-    use metaapo::world::{World, WorldConfig};
     // The tiny world's policy and pairs written out as a user's files, with the tiny
     // sequence-classifier fixture (given the same tokenizer) as the reward model.
     let dir = scratch("file-world");
-    let tiny = WorldConfig::preset("tiny").unwrap();
-    let world = World::build(tiny, &candle_core::Device::Cpu, &mut |_, _, _| Ok(())).unwrap();
+    let world = common::tiny_world();
     let files = dir.join("files");
-    metaapo::model::hf::save(
-        &files.join("policy"),
-        &world.policy(false).unwrap(),
-        Some(&world.tokenizer),
-    )
-    .unwrap();
-    let rm = files.join("reward");
-    std::fs::create_dir_all(&rm).unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama_rm");
-    for f in ["config.json", metaapo::model::hf::WEIGHTS] {
-        std::fs::copy(fixtures.join(f), rm.join(f)).unwrap();
-    }
-    world.tokenizer.save(&rm).unwrap();
+    common::policy_and_reward(&files, &world);
     let line = |p: &metaapo::data::pairs::Pair| {
         serde_json::json!({ "prompt": p.prompt.display(), "chosen": p.chosen.display(),
                             "rejected": p.rejected.display() })

@@ -55,13 +55,7 @@ impl<'a> Family<'a> {
             "`{name}{signature}` documents {count} parameters, the function takes {N}"
         );
         self.engine.register_fn(name, f);
-        self.docs.push(FnDoc {
-            family: self.family,
-            name: name.to_string(),
-            signature: signature.to_string(),
-            doc: doc.to_string(),
-        });
-        self
+        self.operator(name, signature, doc)
     }
 
     /// Registers a property getter `obj.name`, documented as `get name`.

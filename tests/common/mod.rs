@@ -64,3 +64,30 @@ pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
+
+/// The tiny built-in world (cached after its first build).
+pub fn tiny_world() -> metaapo::world::World {
+    metaapo::world::World::build(
+        metaapo::world::WorldConfig::preset("tiny").unwrap(),
+        &Device::Cpu,
+        &mut |_, _, _| Ok(()),
+    )
+    .unwrap()
+}
+
+/// A user's files for a world: the tiny world's policy in `dir/policy`, and the tiny
+/// sequence-classifier fixture (given the same tokenizer) as the reward model in `dir/reward`.
+pub fn policy_and_reward(dir: &std::path::Path, world: &metaapo::world::World) {
+    metaapo::model::hf::save(
+        &dir.join("policy"),
+        &world.policy(false).unwrap(),
+        Some(&world.tokenizer),
+    )
+    .unwrap();
+    let rm = dir.join("reward");
+    std::fs::create_dir_all(&rm).unwrap();
+    for f in ["config.json", metaapo::model::hf::WEIGHTS] {
+        std::fs::copy(fixture_dir("tiny_llama_rm").join(f), rm.join(f)).unwrap();
+    }
+    world.tokenizer.save(&rm).unwrap();
+}
