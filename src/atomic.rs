@@ -70,16 +70,21 @@ fn alive(pid: u32) -> bool {
     found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Removes the temporary folders and files in `dir` left by writes whose process has died.
-/// Folders moved aside while replacing an output (`.old-`) are left alone: they may hold the
-/// user's files. Returns the names removed.
-pub fn clean_stale(dir: &Path) -> Vec<String> {
+/// Removes the temporary folders and files in `dir` left by writes whose process has died:
+/// every one in a folder of metaapo's own (`of` None, e.g. a run's `checkpoints/`), or only those
+/// of the output named `of` in a folder that may be the user's. Folders moved aside while
+/// replacing an output (`.old-`) are left alone: they may hold the user's files. Returns the
+/// names removed.
+pub fn clean_stale(dir: &Path, of: Option<&str>) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return vec![];
     };
     let mut removed = vec![];
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
+        if of.is_some_and(|o| !name.starts_with(&format!("{o}.tmp-"))) {
+            continue;
+        }
         let Some(pid) = temp_owner(&name) else {
             continue;
         };
@@ -262,7 +267,9 @@ pub fn write_dir(
     if let Some(parent) = parent {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
-        clean_stale(parent);
+        if let Some(name) = dir.file_name() {
+            clean_stale(parent, Some(&name.to_string_lossy()));
+        }
     }
     let previous = WRITING.with(|w| w.replace(Some(kind)));
     let result = (|| {

@@ -446,6 +446,31 @@ fn engine_limits_end_runaway_scripts_with_an_error() {
 }
 
 #[test]
+fn every_function_survives_edge_case_arguments() {
+    let dir = scratch("edges");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/edge_calls.rhai");
+    let o = metaapo(&dir)
+        .arg("script")
+        .arg(&script)
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    contains(&out, &["survived 116 calls"]);
+    // Nothing was written outside the run directory.
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "cache" || n == "run"),
+        "{names:?}"
+    );
+}
+
+#[test]
 fn sizes_are_checked_before_anything_is_allocated() {
     let dir = scratch("sizes");
     let out = fails(

@@ -183,7 +183,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "World",
         "lr",
         "float",
-        "The learning rate offline DPO uses on this world (1e-4 built in); the online scripts state their own (1e-5), as the online part is unstable at this one.",
+        "The learning rate offline DPO uses on this world; the online scripts set their own (1e-5 by default), as their online part is unstable at this one.",
         |w: &mut WorldHandle| match w {
             WorldHandle::Builtin(b) => b.config.lr,
             WorldHandle::Files(f) => f.spec.lr,

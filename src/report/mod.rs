@@ -67,8 +67,10 @@ impl Report {
             );
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        atomic::clean_stale(dir);
-        atomic::clean_stale(&dir.join("checkpoints"));
+        for name in ["summary.json", "params.json"] {
+            atomic::clean_stale(dir, Some(name));
+        }
+        atomic::clean_stale(&dir.join("checkpoints"), None);
         let open = |name: &str| {
             std::fs::OpenOptions::new()
                 .create(true)

@@ -129,7 +129,7 @@ pub fn latest(path: &Path) -> Result<std::path::PathBuf> {
             path.display()
         )
     })?;
-    atomic::clean_stale(&dir);
+    atomic::clean_stale(&dir, None);
     let mut best: Option<(u64, std::path::PathBuf)> = None;
     for entry in entries {
         let entry = entry?;
