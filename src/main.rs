@@ -120,12 +120,12 @@ fn script(file: &str, opts: RunOptions) -> Result<ExitCode> {
     let host = Host::new(run.clone());
     let unread =
         || format!("error: --set was given, but {name} never calls params(), so nothing reads it");
+    // A script that does not compile is reported by the run below, with its position.
     if !run.options.overrides.is_empty() {
-        let ast = host
-            .compile(&name, &text, &rhai::Scope::new())
-            .map_err(|e| anyhow::anyhow!(e))?;
-        if !Host::may_read_params(&ast) {
-            bail!("{}", unread().trim_start_matches("error: "));
+        if let Ok(ast) = host.compile(&name, &text, &rhai::Scope::new()) {
+            if !Host::may_read_params(&ast) {
+                bail!("{}", unread().trim_start_matches("error: "));
+            }
         }
     }
     catch_ctrl_c()?;

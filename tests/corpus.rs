@@ -470,6 +470,13 @@ fn cases() -> (Vec<Case>, Vec<ModelCase>) {
     let mut unread = script("script_set_unread", "print(1);\n", &["--set", "params()"]);
     unread.args.extend([s("--set"), s("beta=1")]);
     c.push(unread);
+    let mut set_syntax = script(
+        "script_set_syntax",
+        "let x = ;\n",
+        &["script_set_syntax.rhai:1:9", "Syntax error"],
+    );
+    set_syntax.args.extend([s("--set"), s("beta=1")]);
+    c.push(set_syntax);
     let mut bad_set = script(
         "script_set_type",
         "let p = params(#{ beta: 0.1 });\n",
