@@ -17,6 +17,7 @@ pub mod objective;
 pub mod report;
 pub mod reward;
 pub mod score;
+pub mod textfile;
 pub mod train;
 pub mod world;
 

@@ -4,4 +4,3 @@
 pub mod batch;
 pub mod encode;
 pub mod pairs;
-pub mod text;

@@ -59,7 +59,7 @@ fn text_field(v: &Value, field: &str) -> Result<Text> {
 /// Records of a `.jsonl` file (one object per line, blank lines skipped) or a `.json` array,
 /// each with the 1-based line it starts on (0 for a JSON array).
 fn records(path: &Path) -> Result<Vec<(usize, Value)>> {
-    let text = super::text::read_text(path)?;
+    let text = crate::textfile::read_text(path)?;
     if path.extension().is_some_and(|e| e == "json") {
         let v: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", path.display()))?;

@@ -49,7 +49,7 @@ fn default_max_new_tokens() -> usize {
 impl WorldSpec {
     /// Reads a spec file; its relative paths become relative to the file's directory.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut spec: Self = crate::data::text::read_json(path)
+        let mut spec: Self = crate::textfile::read_json(path)
             .with_context(|| format!("{} is not a world spec", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut String| {
@@ -76,7 +76,7 @@ impl WorldSpec {
     /// A spec from a script map with the same keys.
     pub fn from_map(m: &Map) -> Result<Self> {
         let json: Value = super::api_report::to_json(&Dynamic::from_map(m.clone()));
-        let spec: Self = crate::data::text::from_value(json).context("world options")?;
+        let spec: Self = crate::textfile::from_value(json).context("world options")?;
         spec.validate().context("world options")?;
         Ok(spec)
     }

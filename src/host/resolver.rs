@@ -51,7 +51,7 @@ fn with_ext(name: &str) -> String {
 pub fn find_script(name: &str) -> anyhow::Result<(String, String)> {
     let local = Path::new(name);
     if local.is_file() {
-        return Ok((name.to_string(), crate::data::text::read_text(local)?));
+        return Ok((name.to_string(), crate::textfile::read_text(local)?));
     }
     let bare = with_ext(name.trim_start_matches("scripts/"));
     if let Some(f) = SCRIPTS.get_file(&bare) {
@@ -118,7 +118,7 @@ impl Resolver {
             .unwrap_or_else(|| PathBuf::from("."));
         let local = dir.join(&file);
         if local.is_file() {
-            let text = crate::data::text::read_text(&local).map_err(|e| format!("{e:#}"));
+            let text = crate::textfile::read_text(&local).map_err(|e| format!("{e:#}"));
             let name = local
                 .strip_prefix(".")
                 .unwrap_or(&local)

@@ -95,7 +95,7 @@ struct RawConfig {
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let raw: Value = crate::data::text::read_json(path)?;
+        let raw: Value = crate::textfile::read_json(path)?;
         Self::from_json(raw).with_context(|| format!("in {}", path.display()))
     }
 
@@ -105,7 +105,7 @@ impl ModelConfig {
     }
 
     pub fn from_json(raw: Value) -> Result<Self> {
-        let c: RawConfig = crate::data::text::from_value(raw.clone())?;
+        let c: RawConfig = crate::textfile::from_value(raw.clone())?;
         // `architectures` decides; `model_type` only when it is absent.
         let names: Vec<String> = match &c.architectures {
             Some(a) if !a.is_empty() => a.clone(),

@@ -52,7 +52,7 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<(HashMap<String, Tens
     if !index_path.exists() {
         bail!("{} has neither {WEIGHTS} nor {INDEX}", dir.display());
     }
-    let index: Value = crate::data::text::read_json(&index_path)?;
+    let index: Value = crate::textfile::read_json(&index_path)?;
     let map = index
         .get("weight_map")
         .and_then(Value::as_object)

@@ -2,7 +2,7 @@
 
 use super::config::ModelConfig;
 use super::template::ChatTemplate;
-use crate::data::text::{read_json, read_text};
+use crate::textfile::{read_json, read_text};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::Path;

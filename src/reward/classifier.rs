@@ -67,7 +67,7 @@ impl SequenceClassifier {
     /// Loads a HF directory whose config names a `*ForSequenceClassification` architecture.
     pub fn load(dir: &Path, device: &Device) -> Result<(Self, TextTokenizer)> {
         let path = dir.join("config.json");
-        let config: Value = crate::data::text::read_json(&path)?;
+        let config: Value = crate::textfile::read_json(&path)?;
         if !is_classifier(&config) {
             bail!(
                 "{}: `architectures` names no *ForSequenceClassification model",

@@ -103,7 +103,7 @@ pub fn save(
 /// [`CausalLm::assign`]) and the optimizer with [`AdamW::load`] on `dir/optimizer.safetensors`.
 pub fn load_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(TRAINER_STATE);
-    crate::data::text::read_json(&path)
+    crate::textfile::read_json(&path)
 }
 
 /// The checkpoint a resume should start from: `path` itself when it is a complete one, or, for a

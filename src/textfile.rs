@@ -1,5 +1,6 @@
-//! Reading text files the way users write them: a UTF-8 byte-order mark is skipped, and bytes
-//! that are not UTF-8 are an error naming the file, the line and the byte offset.
+//! Reading the user's text files (data, configs, scripts) as they are written: a UTF-8
+//! byte-order mark is skipped, and bytes that are not UTF-8 are an error naming the file, the
+//! line and the byte offset. JSON errors name the field.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
