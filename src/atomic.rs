@@ -73,13 +73,11 @@ fn alive(pid: u32) -> bool {
 /// Removes the temporary folders and files in `dir` left by writes whose process has died:
 /// every one in a folder of metaapo's own (`of` None, e.g. a run's `checkpoints/`), or only those
 /// of the output named `of` in a folder that may be the user's. Folders moved aside while
-/// replacing an output (`.old-`) are left alone: they may hold the user's files. Returns the
-/// names removed.
-pub fn clean_stale(dir: &Path, of: Option<&str>) -> Vec<String> {
+/// replacing an output (`.old-`) are left alone: they may hold the user's files.
+pub fn clean_stale(dir: &Path, of: Option<&str>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return vec![];
+        return;
     };
-    let mut removed = vec![];
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if of.is_some_and(|o| !name.starts_with(&format!("{o}.tmp-"))) {
@@ -91,17 +89,18 @@ pub fn clean_stale(dir: &Path, of: Option<&str>) -> Vec<String> {
         if pid == std::process::id() || alive(pid) {
             continue;
         }
-        let path = entry.path();
-        let gone = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        if gone.is_ok() {
-            removed.push(name);
-        }
+        // Best effort: what cannot be removed now is tried again on the next run.
+        let _ = remove_entry(&entry.path());
     }
-    removed
+}
+
+/// Removes a file, or a folder with everything in it.
+fn remove_entry(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
 }
 
 thread_local! {
@@ -339,12 +338,7 @@ fn place(tmp: &Path, dir: &Path, kind: &str, replace: Replace, hint: &str) -> Re
     }
     for name in ours.iter().chain([&MARKER.to_string()]) {
         let p = aside.join(name);
-        let gone = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        if let Err(e) = gone {
+        if let Err(e) = remove_entry(&p) {
             if p.exists() {
                 bail!("cannot remove {}: {e}", p.display());
             }

@@ -119,19 +119,19 @@ fn script(file: &str, opts: RunOptions) -> Result<ExitCode> {
     let run = Run::new(opts);
     let host = Host::new(run.clone());
     let unread =
-        || format!("error: --set was given, but {name} never calls params(), so nothing reads it");
+        || format!("--set was given, but {name} never calls params(), so nothing reads it");
     // A script that does not compile is reported by the run below, with its position.
     if !run.options.overrides.is_empty() {
         if let Ok(ast) = host.compile(&name, &text, &rhai::Scope::new()) {
             if !Host::may_read_params(&ast) {
-                bail!("{}", unread().trim_start_matches("error: "));
+                bail!("{}", unread());
             }
         }
     }
     catch_ctrl_c()?;
     let mut result = host.run_script(&name, &text);
     if result.is_ok() && !run.options.overrides.is_empty() && !run.params_read.get() {
-        result = Err(unread());
+        result = Err(format!("error: {}", unread()));
     }
     let status = match (&result, interrupted()) {
         (Ok(()), _) => "completed",

@@ -110,6 +110,9 @@ pub fn policy_from(run: &Run, path: &str, trainable: bool) -> anyhow::Result<Pol
     Ok(Policy::new(model, tok, path))
 }
 
+/// What a refused script save tells the user to do.
+pub const OVERWRITE_HINT: &str = "pass save(dir, #{ overwrite: true })";
+
 /// `overwrite` in a save's options, as the replacement rule of [`crate::atomic`].
 pub fn replace_rule(what: &str, opts: &Map) -> Res<Replace> {
     let o = Opts::new(what, opts);
@@ -130,7 +133,7 @@ fn save(run: &Run, p: &Policy, dir: &str, opts: &Map) -> Res<String> {
         &p.0.model,
         Some(&p.0.tokenizer),
         replace,
-        "pass save(dir, #{ overwrite: true })",
+        OVERWRITE_HINT,
     )
     .map_err(fail("save"))?;
     Ok(path.display().to_string())

@@ -3,7 +3,7 @@
 //! counted as the run's `online/annotations`.
 
 use super::api_data::{dynamic_to_text, Pairs};
-use super::api_model::{in_run, replace_rule};
+use super::api_model::{in_run, replace_rule, OVERWRITE_HINT};
 use super::api_world::WorldHandle;
 use super::opts::{number, Opts};
 use super::registry::{error, fail, Family, Res};
@@ -268,8 +268,7 @@ fn save_head(run: &Run, rm: &RewardModel, dir: &str, opts: &Map) -> Res<String> 
     };
     let replace = replace_rule("save options", opts)?;
     let dir = in_run(run, dir).map_err(fail("save"))?;
-    let hint = "pass save(dir, #{ overwrite: true })";
-    crate::atomic::write_dir(&dir, "reward head", replace, hint, |tmp| {
+    crate::atomic::write_dir(&dir, "reward head", replace, OVERWRITE_HINT, |tmp| {
         e.head.save(tmp, &e.path)
     })
     .map_err(fail("save"))?;

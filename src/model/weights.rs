@@ -47,18 +47,14 @@ fn diagnose(bytes: &[u8]) -> Option<String> {
         let Some(bits) = dtype_bits(dtype) else {
             return Some(format!("tensor `{name}` has unknown dtype {dtype:?}"));
         };
-        let shape: Vec<u64> = info
-            .get("shape")?
-            .as_array()?
-            .iter()
-            .map(Value::as_u64)
-            .collect::<Option<_>>()?;
-        let offsets: Vec<u64> = info
-            .get("data_offsets")?
-            .as_array()?
-            .iter()
-            .map(Value::as_u64)
-            .collect::<Option<_>>()?;
+        let integers = |key: &str| -> Option<Vec<u64>> {
+            info.get(key)?
+                .as_array()?
+                .iter()
+                .map(Value::as_u64)
+                .collect()
+        };
+        let (shape, offsets) = (integers("shape")?, integers("data_offsets")?);
         let [start, end] = offsets[..] else {
             return Some(format!(
                 "tensor `{name}`: `data_offsets` must hold two numbers"
