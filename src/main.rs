@@ -7,7 +7,7 @@ use metaapo::host::repl::Repl;
 use metaapo::host::resolver::find_script;
 use metaapo::host::run::{catch_ctrl_c, interrupted, Run, RunOptions};
 use metaapo::host::{Host, FAMILIES};
-use metaapo::{fetch, load_pretrained, model::hf};
+use metaapo::{fetch, model::hf, model::load_pretrained};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

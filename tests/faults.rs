@@ -666,7 +666,7 @@ fn model_files_name_the_field_or_tensor_at_fault() {
     let dir = scratch("model-files");
     let good = tiny_model_dir(&dir);
     let load = |d: &Path| {
-        metaapo::load_pretrained(d, &candle_core::Device::Cpu, DType::F32, false)
+        metaapo::model::load_pretrained(d, &candle_core::Device::Cpu, DType::F32, false)
             .map(|_| ())
             .unwrap_err()
     };
@@ -745,7 +745,7 @@ fn a_tokenizer_larger_than_the_vocabulary_is_refused_at_load() {
         metaapo::model::CausalLm::from_tensors(config, tensors, "test", DType::F32, false).unwrap();
     let d = dir.join("policy");
     hf::save(&d, &model, Some(&world.tokenizer)).unwrap();
-    let err = metaapo::load_pretrained(&d, &candle_core::Device::Cpu, DType::F32, false)
+    let err = metaapo::model::load_pretrained(&d, &candle_core::Device::Cpu, DType::F32, false)
         .map(|_| ())
         .unwrap_err();
     let ids = world.tokenizer.vocab_size().to_string();

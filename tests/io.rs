@@ -278,7 +278,7 @@ fn bad_model_directories_name_the_file_and_tensor() {
     std::fs::write(&gguf, b"GGUF but not really").unwrap();
     let e = format!(
         "{:#}",
-        metaapo::load_pretrained(&gguf, &Device::Cpu, DType::F32, false).unwrap_err()
+        metaapo::model::load_pretrained(&gguf, &Device::Cpu, DType::F32, false).unwrap_err()
     );
     assert!(e.contains("garbage.gguf"), "{e}");
     let _ = std::fs::remove_file(&gguf);

@@ -159,3 +159,31 @@ impl CausalLm {
         self.decoder.forward(input, cache)
     }
 }
+
+/// Loads a model from a HF directory or a `.gguf` file. A tokenizer whose ids go past the
+/// model's vocabulary is refused here, rather than failing at the first such token.
+pub fn load_pretrained(
+    path: &std::path::Path,
+    device: &Device,
+    dtype: DType,
+    trainable: bool,
+) -> Result<(CausalLm, Option<tokenizer::TextTokenizer>)> {
+    let (model, tokenizer) = if path.extension().is_some_and(|e| e == "gguf") {
+        let (m, t) = gguf::load(path, device, dtype, trainable)?;
+        (m, Some(t))
+    } else {
+        hf::load(path, device, dtype, trainable)?
+    };
+    if let Some(t) = &tokenizer {
+        if t.vocab_size() > model.config.vocab_size {
+            anyhow::bail!(
+                "{}: the tokenizer has {} ids but the model's vocabulary (`vocab_size` in its \
+                 config) has {}: they do not belong together",
+                path.display(),
+                t.vocab_size(),
+                model.config.vocab_size
+            );
+        }
+    }
+    Ok((model, tokenizer))
+}
