@@ -6,7 +6,7 @@ use metaapo::host::limits::Limits;
 use metaapo::host::repl::Repl;
 use metaapo::host::resolver::find_script;
 use metaapo::host::run::{catch_ctrl_c, interrupted, Run, RunOptions};
-use metaapo::host::{Host, FAMILIES};
+use metaapo::host::{script_help, Host, FAMILIES};
 use metaapo::{fetch, model::hf, model::load_pretrained};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,9 +25,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a script: a local file, or a bundled one by name (e.g. `dpo`).
+    /// Run a script: a local file, or a bundled one by name (e.g. `dpo`). With a script,
+    /// --help lists its parameters and their defaults instead.
+    #[command(disable_help_flag = true)]
     Script {
-        file: String,
+        file: Option<String>,
+        /// Print help; with a script, list its parameters and defaults.
+        #[arg(long, short = 'h')]
+        help: bool,
         /// Override a parameter of the script's `params(#{...})`: key=value (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -110,7 +115,24 @@ fn options(
         overrides,
         limits,
         parents: vec![],
+        help: false,
     })
+}
+
+/// `script NAME --help`: runs the script up to its `params(#{...})` and lists what it got.
+fn script_help(file: &str, opts: RunOptions) -> Result<ExitCode> {
+    let (name, text) = find_script(file)?;
+    let run = Run::new(RunOptions { help: true, ..opts });
+    let host = Host::new(run.clone());
+    let result = host.run_script(&name, &text);
+    match run.help_defaults.borrow_mut().take() {
+        Some(defaults) => print!("{}", script_help::render(&name, &text, &defaults)),
+        None => match result {
+            Err(e) => bail!("{e}"),
+            Ok(()) => println!("{name} calls no params(): it takes no parameters"),
+        },
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a script; exit code 0, 1 (error) or 130 (interrupted).
@@ -180,14 +202,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Script {
             file,
+            help,
             set,
             out,
             seed,
             device,
             limits,
         } => {
+            let Some(file) = file else {
+                if help {
+                    let mut cmd = <Cli as clap::CommandFactory>::command();
+                    cmd.find_subcommand_mut("script")
+                        .expect("the script command exists")
+                        .print_help()?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                bail!("script: name a script (a file, or a bundled one such as `dpo`); see --help");
+            };
             let mut opts = options(&file, seed, &device, &set, limits)?;
             opts.out = out;
+            if help {
+                return script_help(&file, opts);
+            }
             return script(&file, opts);
         }
         Command::Check { files, limits } => {

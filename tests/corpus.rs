@@ -700,7 +700,7 @@ fn cases() -> (Vec<Case>, Vec<ModelCase>) {
     (c, models)
 }
 
-fn write_world_files(dir: &Path, world: &metaapo::world::World) {
+fn write_world_files(dir: &Path, world: &metaapo::world::BuiltinWorld) {
     let w = dir.join("w");
     common::policy_and_reward(&w, world);
     std::fs::write(w.join("pairs.jsonl"), format!("{PAIR}\n")).unwrap();
@@ -709,7 +709,7 @@ fn write_world_files(dir: &Path, world: &metaapo::world::World) {
 }
 
 /// The tiny test model with the tiny world's tokenizer, as a HF directory.
-fn model_dir(dir: &Path, name: &str, world: &metaapo::world::World) -> PathBuf {
+fn model_dir(dir: &Path, name: &str, world: &metaapo::world::BuiltinWorld) -> PathBuf {
     let d = dir.join(name);
     let config = common::tiny_config("LlamaForCausalLM", false);
     let model = metaapo::model::CausalLm::from_tensors(

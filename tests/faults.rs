@@ -737,7 +737,7 @@ fn a_tokenizer_larger_than_the_vocabulary_is_refused_at_load() {
     let dir = scratch("vocab");
     let world = common::tiny_world();
     // A model with a vocabulary of 8 next to the world's larger tokenizer.
-    let mut raw = world.policy(false).unwrap().config.raw.clone();
+    let mut raw = world.model(false).unwrap().config.raw.clone();
     raw["vocab_size"] = 8.into();
     let config = metaapo::model::config::ModelConfig::from_json(raw).unwrap();
     let tensors = common::random_tensors(&config, 3);

@@ -66,7 +66,7 @@ fn loss(kind: &str, policy: &CausalLm, reference: &CausalLm, kl_model: &CausalLm
             },
             None,
         ),
-        "ipo" => objective::ipo(&pol, &refp, 0.1, None),
+        "ipo" => objective::ipo(&pol, &refp, &objective::IpoConfig { beta: 0.1 }, None),
         "simpo" => objective::simpo(&pol, &SimpoConfig::default(), Some(&w)),
         "selm" => {
             let py = sequence_logps(policy, &greedy, 0).unwrap().sum;

@@ -1,4 +1,4 @@
-//! Objectives against values worked out by hand from ALGORITHMS.md's formulas.
+//! Objectives against values worked out by hand from docs/ALGORITHMS.md's formulas.
 //!
 //! Two pairs. Policy summed log-probs: chosen [-10, -20], rejected [-14, -18]; reference:
 //! chosen [-12, -19], rejected [-13, -17]. So the chosen log-ratios are [2, -1], the rejected
@@ -124,7 +124,13 @@ fn cdpo_label_smoothing() {
 
 #[test]
 fn ipo_is_squared_distance_to_half_inverse_beta() {
-    let out = objective::ipo(&policy(), &reference(), 0.1, None).unwrap();
+    let out = objective::ipo(
+        &policy(),
+        &reference(),
+        &objective::IpoConfig { beta: 0.1 },
+        None,
+    )
+    .unwrap();
     // (3 - 5)² = 4 and (0 - 5)² = 25.
     assert_eq!(out.per_example.to_vec1::<f64>().unwrap(), vec![4.0, 25.0]);
     assert_abs_diff_eq!(scalar(&out.loss), 14.5, epsilon = 1e-12);

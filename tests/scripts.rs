@@ -3,6 +3,7 @@
 
 mod common;
 
+use metaapo::world::World;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -316,7 +317,7 @@ fn check_finds_calls_of_unknown_functions_and_errors_list_the_known_forms() {
     let (_, stderr) = text(&o);
     assert!(
         stderr.contains("`score` takes:")
-            && stderr.contains("score(policy: Policy, reference: Policy, pairs: Pairs) -> Map"),
+            && stderr.contains("score(policy: Policy, reference: Policy, pairs: Pairs) -> Scores"),
         "{stderr}"
     );
 }
@@ -438,6 +439,94 @@ fn api_lists_every_family_with_docs() {
         );
     }
     assert!(docs.iter().all(|d| !d["doc"].as_str().unwrap().is_empty()));
+}
+
+#[test]
+fn api_shows_the_defaults_of_the_engine_configs() {
+    let o = metaapo(Path::new("/nonexistent"))
+        .args(["api", "--json"])
+        .output()
+        .unwrap();
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let doc = |name: &str| -> String {
+        docs.iter()
+            .find(|d| d["name"] == name)
+            .map(|d| d["doc"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    // Numbers as the docs print them: JSON's form of the default.
+    let n = |x: f64| serde_json::Value::from(x).to_string();
+    let dpo = metaapo::objective::DpoConfig::default();
+    assert!(
+        doc("dpo").contains(&format!("beta ({})", n(dpo.beta))),
+        "{}",
+        doc("dpo")
+    );
+    assert!(doc("dpo").contains("rpo_alpha (off)"), "{}", doc("dpo"));
+    let simpo = metaapo::objective::SimpoConfig::default();
+    assert!(
+        doc("simpo").contains(&format!("gamma ({})", n(simpo.gamma))),
+        "{}",
+        doc("simpo")
+    );
+    let gen = metaapo::generate::SampleConfig::default();
+    assert!(doc("generate").contains(&format!("max_new_tokens ({})", gen.max_new_tokens)));
+    let opt = metaapo::train::TrainerConfig::default();
+    assert!(
+        doc("optimizer").contains(&format!("clip ({})", n(opt.clip))),
+        "{}",
+        doc("optimizer")
+    );
+    assert!(
+        doc("optimizer").contains("schedule (\"constant\")"),
+        "{}",
+        doc("optimizer")
+    );
+}
+
+#[test]
+fn script_help_lists_parameters_with_defaults_and_descriptions() {
+    let dir = scratch("script-help");
+    let o = metaapo(&dir.join("cache"))
+        .args(["script", "metaapo_simpo", "--help"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("beta = 2.5"), "{stdout}");
+    assert!(stdout.contains("objective = \"simpo\""), "{stdout}");
+    let k = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("k = 8"))
+        .unwrap();
+    assert!(k.contains("samples per selected prompt"), "{k}");
+    assert!(!dir.join("runs").exists(), "--help must not start a run");
+    let plain = metaapo(&dir.join("cache"))
+        .args(["script", "--help"])
+        .output()
+        .unwrap();
+    assert!(text(&plain).0.contains("--set"), "{}", text(&plain).0);
+}
+
+#[test]
+fn a_misspelt_params_key_is_an_error_naming_it() {
+    let dir = scratch("map-property");
+    std::fs::write(
+        dir.join("typo.rhai"),
+        "let p = params(#{ beta: 0.1 });\nprint(p.bata);\n",
+    )
+    .unwrap();
+    let o = script(
+        &dir,
+        &dir.join("out"),
+        &[dir.join("typo.rhai").to_str().unwrap()],
+    );
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("bata") && stderr.contains("typo.rhai:2"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use candle_core::Device;
 use metaapo::data::encode::Text;
 use metaapo::generate::{generate, SampleConfig, Stop};
 use metaapo::world::task::{annotator_reward, gold_reward, split, Problem, Teacher};
-use metaapo::world::{vocab, World, WorldConfig};
+use metaapo::world::{vocab, BuiltinWorld, WorldConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -89,10 +89,10 @@ fn tokenizer_is_one_token_per_character() {
     assert_eq!(tok.encode("4*5").unwrap()[1], unk);
 }
 
-fn tiny() -> World {
+fn tiny() -> BuiltinWorld {
     let dir = std::env::temp_dir().join(format!("metaapo-world-{}", std::process::id()));
     std::env::set_var("METAAPO_CACHE", &dir);
-    World::build(
+    BuiltinWorld::build(
         WorldConfig::preset("tiny").unwrap(),
         &Device::Cpu,
         &mut |_, _, _| Ok(()),
@@ -106,9 +106,12 @@ fn world_is_deterministic_and_cached() {
     let b = tiny(); // loaded from the cache this time
     assert_eq!(a.pairs, b.pairs);
     assert_eq!(a.eval, b.eval);
-    let (pa, pb) = (a.policy(false).unwrap(), b.policy(false).unwrap());
-    assert_eq!(a.evaluate(&pa).unwrap(), b.evaluate(&pb).unwrap());
-    let e = a.evaluate(&pa).unwrap();
+    let (pa, pb) = (a.model(false).unwrap(), b.model(false).unwrap());
+    assert_eq!(
+        a.evaluate_model(&pa).unwrap(),
+        b.evaluate_model(&pb).unwrap()
+    );
+    let e = a.evaluate_model(&pa).unwrap();
     assert_eq!(e.win_rate, 0.5, "the warm-up policy ties with itself");
     assert_eq!(a.pairs.len(), 128);
     // Label noise: some pairs prefer the worse answer by the gold reward, most do not.
@@ -121,7 +124,7 @@ fn world_is_deterministic_and_cached() {
             else {
                 panic!("plain text")
             };
-            a.gold(x, c).unwrap() < a.gold(x, r).unwrap()
+            a.gold_reward(x, c).unwrap() < a.gold_reward(x, r).unwrap()
         })
         .count();
     assert!(
@@ -133,7 +136,7 @@ fn world_is_deterministic_and_cached() {
 #[test]
 fn sampling_is_seeded_and_greedy_matches_top_k_1() {
     let w = tiny();
-    let model = w.policy(false).unwrap();
+    let model = w.model(false).unwrap();
     let tok = &w.tokenizer;
     let prompts: Vec<Vec<u32>> = ["12+30=", "7+8=", "99+99="]
         .iter()

@@ -5,9 +5,9 @@ use super::api_tensor::numbers;
 use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use super::run::Run;
-use crate::meta::{MetaConfig, MetaInit, MetaLearner};
+use crate::meta::{self, MetaConfig, MetaInit, MetaLearner};
 use candle_core::DType;
-use rhai::{Dynamic, Map};
+use rhai::{Array, Dynamic, Map};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -27,17 +27,16 @@ impl std::fmt::Display for Learner {
     }
 }
 
-/// Detached `(s, ℓ_off, ℓ_on)` of the trained examples since the last meta update.
+/// The engine's meta-buffer as scripts hold it: shared, so `push` inside a helper is seen by
+/// its caller.
 #[derive(Clone, Default)]
-pub struct MetaBuffer(Rc<RefCell<[Vec<f64>; 3]>>);
+pub struct MetaBuffer(Rc<RefCell<meta::MetaBuffer>>);
 
 impl std::fmt::Display for MetaBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MetaBuffer({} examples)", self.0.borrow()[0].len())
+        write!(f, "MetaBuffer({} examples)", self.0.borrow().len())
     }
 }
-
-const COLUMNS: [&str; 3] = ["scores", "offline", "online"];
 
 fn build(run: &Run, opts: &Map) -> Res<Learner> {
     let o = Opts::new("meta_learner options", opts);
@@ -69,17 +68,11 @@ fn build(run: &Run, opts: &Map) -> Res<Learner> {
 
 fn fit(learner: &Learner, buffer: &MetaBuffer) -> Res<Map> {
     let mut b = buffer.0.borrow_mut();
+    let size = b.len();
     let mut m = Map::new();
-    if b[0].is_empty() {
+    let Some(stats) = learner.0.borrow_mut().fit(&mut b).map_err(fail("fit"))? else {
         return Ok(m);
-    }
-    let stats = learner
-        .0
-        .borrow_mut()
-        .step(&b[0], &b[1], &b[2])
-        .map_err(fail("fit"))?;
-    let size = b[0].len();
-    b.iter_mut().for_each(Vec::clear);
+    };
     for (k, v) in [
         ("meta/loss", stats.loss),
         ("meta/grad_norm", stats.grad_norm),
@@ -91,6 +84,13 @@ fn fit(learner: &Learner, buffer: &MetaBuffer) -> Res<Map> {
     Ok(m)
 }
 
+fn column(v: &[f64]) -> Dynamic {
+    v.iter()
+        .map(|x| Dynamic::from_float(*x))
+        .collect::<Array>()
+        .into()
+}
+
 pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.ty::<Learner>("MetaLearner");
     api.ty::<MetaBuffer>("MetaBuffer");
@@ -98,7 +98,13 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "meta_learner",
         "(options: Map) -> MetaLearner",
-        "MetaAPO's 1 -> hidden -> 1 MLP (tanh, sigmoid): hidden (100), init (\"standard\" seeded | \"reference\": weights 0.1, biases 0), seed (--seed), lr (5e-3), weight_decay (1e-4, not biases), clip (1.0; 0 = off).",
+        &{
+            let d = MetaConfig::default();
+            format!(
+                "MetaAPO's 1 -> hidden -> 1 MLP (tanh, sigmoid). Options: hidden ({}), init (\"standard\": seeded | \"reference\": weights 0.1, biases 0), seed (--seed), lr ({}), weight_decay ({}, not biases), clip ({}; 0 = off).",
+                d.hidden, d.lr, d.weight_decay, d.max_grad_norm.unwrap_or(0.0)
+            )
+        },
         move |opts: Map| build(&r, &opts),
     );
     api.func(
@@ -135,24 +141,10 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "(buffer: MetaBuffer, scores: Array, offline_losses: Array, online_losses: Array) -> ()",
         "Adds detached (s, ℓ_off, ℓ_on) per example (arrays or tensors of one length).",
         |b: &mut MetaBuffer, s: Dynamic, off: Dynamic, on: Dynamic| -> Res<()> {
-            let cols = [
-                numbers(&s, "push: scores")?,
-                numbers(&off, "push: offline_losses")?,
-                numbers(&on, "push: online_losses")?,
-            ];
-            if cols[1].len() != cols[0].len() || cols[2].len() != cols[0].len() {
-                return Err(error(format!(
-                    "push: {} scores, {} offline and {} online losses (need one each)",
-                    cols[0].len(),
-                    cols[1].len(),
-                    cols[2].len()
-                )));
-            }
-            let mut inner = b.0.borrow_mut();
-            for (dst, src) in inner.iter_mut().zip(cols) {
-                dst.extend(src);
-            }
-            Ok(())
+            let s = numbers(&s, "push: scores")?;
+            let off = numbers(&off, "push: offline_losses")?;
+            let on = numbers(&on, "push: online_losses")?;
+            b.0.borrow_mut().push(&s, &off, &on).map_err(fail("push"))
         },
     );
     api.getter(
@@ -161,20 +153,12 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "Map",
         "#{ scores, offline, online }: the buffered columns, for a checkpoint's state.",
         |b: &mut MetaBuffer| -> Map {
-            let inner = b.0.borrow();
-            COLUMNS
-                .iter()
-                .zip(inner.iter())
-                .map(|(k, v)| {
-                    (
-                        (*k).into(),
-                        v.iter()
-                            .map(|x| Dynamic::from_float(*x))
-                            .collect::<rhai::Array>()
-                            .into(),
-                    )
-                })
-                .collect()
+            let b = b.0.borrow();
+            Map::from([
+                ("scores".into(), column(&b.scores)),
+                ("offline".into(), column(&b.offline)),
+                ("online".into(), column(&b.online)),
+            ])
         },
     );
     api.func(
@@ -182,18 +166,19 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "(contents: Map) -> MetaBuffer",
         "A meta-buffer holding `contents` (from buffer.contents, as resume() returns it).",
         |m: Map| -> Res<MetaBuffer> {
-            let b = MetaBuffer::default();
-            for (dst, key) in b.0.borrow_mut().iter_mut().zip(COLUMNS) {
-                let col = m
+            let col = |key: &str| -> Res<Vec<f64>> {
+                let v = m
                     .get(key)
                     .ok_or_else(|| error(format!("meta_buffer: contents have no `{key}`")))?;
-                *dst = numbers(col, &format!("meta_buffer: `{key}`"))?;
-            }
-            let lens: Vec<usize> = b.0.borrow().iter().map(Vec::len).collect();
-            if lens[1] != lens[0] || lens[2] != lens[0] {
-                return Err(error(format!("meta_buffer: columns of lengths {lens:?}")));
-            }
-            Ok(b)
+                numbers(v, &format!("meta_buffer: `{key}`"))
+            };
+            let b = meta::MetaBuffer {
+                scores: col("scores")?,
+                offline: col("offline")?,
+                online: col("online")?,
+            };
+            b.validate().map_err(fail("meta_buffer"))?;
+            Ok(MetaBuffer(Rc::new(RefCell::new(b))))
         },
     );
     api.getter(
@@ -201,6 +186,6 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "len",
         "int",
         "Examples in the buffer.",
-        |b: &mut MetaBuffer| b.0.borrow()[0].len() as i64,
+        |b: &mut MetaBuffer| b.0.borrow().len() as i64,
     );
 }

@@ -1,64 +1,18 @@
 //! report: `log(map)` appends a step to metrics.jsonl and moves the progress bar;
 //! `progress(total)` starts one; `summary(map)` adds to summary.json; `table(rows)` prints.
 
-use super::api_model::in_run;
-use super::api_tensor::{numbers, Tensor};
+use super::api_tensor::numbers;
 use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use super::run::Run;
+use super::values::map_to_json;
 use crate::report::plot::{self, Labels, Series};
 use crate::report::table;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use rhai::{Array, Dynamic, Map};
+use rhai::{Array, Map};
 use serde_json::Value;
 use std::path::Path;
 use std::rc::Rc;
-
-/// A script value as JSON; a one-element tensor becomes its number, a larger one an array.
-pub fn to_json(v: &Dynamic) -> Value {
-    if let Ok(i) = v.as_int() {
-        return i.into();
-    }
-    if let Ok(f) = v.as_float() {
-        return serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number);
-    }
-    if let Ok(b) = v.as_bool() {
-        return b.into();
-    }
-    if v.is_string() {
-        return v.to_string().into();
-    }
-    if let Some(t) = v.clone().try_cast::<Tensor>() {
-        return match t.values() {
-            Ok(vals) if vals.len() == 1 => to_json(&Dynamic::from_float(vals[0])),
-            Ok(vals) => vals
-                .into_iter()
-                .map(|x| to_json(&Dynamic::from_float(x)))
-                .collect(),
-            Err(_) => Value::Null,
-        };
-    }
-    if let Some(a) = v.read_lock::<Array>() {
-        return a.iter().map(to_json).collect();
-    }
-    if let Some(m) = v.read_lock::<Map>() {
-        return Value::Object(map_to_json(&m));
-    }
-    if v.is_unit() {
-        return Value::Null;
-    }
-    v.to_string().into()
-}
-
-/// JSON as a script value (objects become maps), e.g. a checkpoint's state or a sub-run's
-/// metrics.
-pub fn from_json(v: &Value) -> anyhow::Result<Dynamic> {
-    rhai::serde::to_dynamic(v).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-pub fn map_to_json(m: &Map) -> serde_json::Map<String, Value> {
-    m.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect()
-}
 
 fn cell(v: &Value) -> String {
     match v {
@@ -84,7 +38,7 @@ fn svg(
         o.string("y", "")?,
     );
     o.finish()?;
-    let path = in_run(run, &format!("{name}.svg")).map_err(fail(what))?;
+    let path = run.output(&format!("{name}.svg")).map_err(fail(what))?;
     draw(
         &path,
         &Labels {
@@ -179,7 +133,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
                         .ok_or_else(|| error(format!("save_table: rows must be maps, got {v}")))
                 })
                 .collect::<Res<_>>()?;
-            let csv = in_run(&r, &format!("{name}.csv")).map_err(fail("save_table"))?;
+            let csv = r.output(&format!("{name}.csv")).map_err(fail("save_table"))?;
             let dir = csv.parent().map(Path::to_path_buf).unwrap_or_default();
             let stem = csv.file_stem().map(|s| s.to_string_lossy().to_string());
             let (_, md) = table::write(&dir, &stem.unwrap_or_default(), &cols, &rows)

@@ -1,12 +1,11 @@
 //! run: the script's parameters (`params` with `--set` overrides), its seed and random stream,
 //! its directory, and sub-runs of other scripts (`run_script`, for comparisons).
 
-use super::api_report::{from_json, to_json};
 use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use super::resolver::find_script;
 use super::run::{interrupted, Run, RunOptions};
-use super::Host;
+use super::values::{from_json, to_json};
 use crate::report::{read_metrics, METRICS};
 use rand::Rng;
 use rhai::{Array, Dynamic, Engine, Map};
@@ -49,8 +48,15 @@ fn parse(key: &str, text: &str, default: &Dynamic) -> Res<Dynamic> {
         .unwrap_or_else(|_| text.to_string().into()))
 }
 
+/// What `params` stops a script with under `--help`, once it has recorded the defaults.
+pub const HELP_STOP: &str = "stopped after params() for --help";
+
 fn params(run: &Run, defaults: Map) -> Res<Map> {
     run.params_read.set(true);
+    if run.options.help {
+        *run.help_defaults.borrow_mut() = Some(defaults);
+        return Err(error(HELP_STOP));
+    }
     let mut out = defaults.clone();
     for (key, text) in &run.options.overrides {
         let Some(default) = defaults.get(key.as_str()) else {
@@ -75,7 +81,11 @@ fn params(run: &Run, defaults: Map) -> Res<Map> {
     Ok(out)
 }
 
-pub fn register(api: &mut Family, run: &Rc<Run>) {
+/// Runs a script's text in a fresh host for a run: how a sub-run is executed. The host passes
+/// it in, so this family does not depend on the host that registers it.
+pub type Runner = fn(Rc<Run>, &str, &str) -> Result<(), String>;
+
+pub fn register(api: &mut Family, run: &Rc<Run>, runner: Runner) {
     let r = run.clone();
     api.func(
         "params",
@@ -112,13 +122,13 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "run_script",
         "(script: String, options: Map) -> Map",
         "Runs another script as a sub-run in <run dir>/runs/<name>: options seed (--seed), set (a map of --set values), name (<script>-s<seed>). Returns #{ dir, status, summary, metrics } (metrics: every logged step).",
-        move |script: &str, opts: Map| sub_run(&r, script, &opts),
+        move |script: &str, opts: Map| sub_run(&r, runner, script, &opts),
     );
 }
 
 /// Runs `script` in a fresh host and run of its own (sharing only the worlds already built),
 /// so a script can compare other scripts under the same seeds.
-fn sub_run(parent: &Rc<Run>, script: &str, opts: &Map) -> Res<Map> {
+fn sub_run(parent: &Rc<Run>, runner: Runner, script: &str, opts: &Map) -> Res<Map> {
     let o = Opts::new("run_script options", opts);
     let seed = o.usize("seed", parent.options.seed as usize)? as u64;
     let set = match o.get("set") {
@@ -162,10 +172,11 @@ fn sub_run(parent: &Rc<Run>, script: &str, opts: &Map) -> Res<Map> {
             .collect(),
         limits: parent.options.limits,
         parents,
+        help: false,
     });
     *child.worlds.borrow_mut() = parent.worlds.borrow().clone();
     parent.print(&format!("[{label}] running {name}"));
-    let result = Host::new(child.clone()).run_script(&name, &text);
+    let result = runner(child.clone(), &name, &text);
     parent.worlds.borrow_mut().extend(child.worlds.take());
     let status = match (&result, interrupted()) {
         (Ok(()), _) => "completed",

@@ -1,140 +1,101 @@
 //! score: response log-probs of pairs under the policy (differentiable) and the reference
-//! (cached per sequence, computed once), and the implicit-reward margin Δ.
+//! (cached per sequence, computed once), and the implicit-reward margin Δ, as a `Scores` value
+//! the objectives read.
 
 use super::api_data::{dynamic_to_text, Pairs};
-use super::api_model::Policy;
 use super::api_tensor::Tensor;
-use super::registry::{error, fail, Family, Res};
-use crate::data::encode::{encode, EncodedSeq, Text};
-use crate::score::{sequence_logps, SeqLogps};
-use anyhow::Result;
+use super::registry::{fail, Family, Res};
+use crate::policy::{self, Policy};
+use crate::score::{PairLogps, Scores, SeqLogps};
 use rhai::{Array, Map};
 
-fn encode_all(p: &Policy, prompts: &[&Text], responses: &[&Text]) -> Result<Vec<EncodedSeq>> {
-    prompts
-        .iter()
-        .zip(responses)
-        .map(|(x, y)| encode(&p.0.tokenizer, x, y, &p.0.encode))
-        .collect()
+/// `Scores` as scripts hold it.
+#[derive(Clone)]
+pub struct ScoresValue(pub std::rc::Rc<Scores>);
+
+impl std::fmt::Display for ScoresValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scores({} pairs)", self.0.n)
+    }
 }
 
-/// Log-probs of `seqs`: one differentiable forward for a trainable model; for a frozen one,
-/// cached values, computing only the sequences not seen before.
-pub fn seq_logps(p: &Policy, seqs: &[EncodedSeq]) -> Result<SeqLogps> {
-    let model = &p.0.model;
-    let pad = p.0.tokenizer.pad_token_id;
-    if model.is_trainable() {
-        return sequence_logps(model, seqs, pad);
-    }
-    let key = |s: &EncodedSeq| (s.ids.clone(), s.prompt_len);
-    let missing: Vec<EncodedSeq> = {
-        let cache = p.0.cache.borrow();
-        let mut seen = std::collections::HashSet::new();
-        seqs.iter()
-            .filter(|s| !cache.contains_key(&key(s)) && seen.insert(key(s)))
-            .cloned()
-            .collect()
-    };
-    for chunk in missing.chunks(64) {
-        let lp = sequence_logps(model, chunk, pad)?;
-        let sums = Tensor(lp.sum).values()?;
-        let means = Tensor(lp.mean).values()?;
-        let mut cache = p.0.cache.borrow_mut();
-        for (i, s) in chunk.iter().enumerate() {
-            cache.insert(key(s), (sums[i], means[i]));
-        }
-    }
-    let cache = p.0.cache.borrow();
-    let (sums, means): (Vec<f64>, Vec<f64>) = seqs.iter().map(|s| cache[&key(s)]).unzip();
-    let dev = model.device();
-    Ok(SeqLogps {
-        sum: Tensor::from_values(&sums, dev)?.0,
-        mean: Tensor::from_values(&means, dev)?.0,
-        lengths: seqs.iter().map(|s| s.response_len()).collect(),
-    })
-}
-
-fn put(m: &mut Map, key: &str, t: candle_core::Tensor) {
-    m.insert(key.into(), rhai::Dynamic::from(Tensor(t)));
-}
-
-fn score(policy: &Policy, reference: &Policy, pairs: &Pairs) -> Result<Map> {
-    if pairs.0.is_empty() {
-        anyhow::bail!("no pairs to score");
-    }
-    let prompts: Vec<&Text> = pairs.0.iter().map(|p| &p.prompt).collect();
-    let chosen: Vec<&Text> = pairs.0.iter().map(|p| &p.chosen).collect();
-    let rejected: Vec<&Text> = pairs.0.iter().map(|p| &p.rejected).collect();
-    let n = pairs.0.len();
-    let all = |p: &Policy| -> Result<SeqLogps> {
-        let c = encode_all(p, &prompts, &chosen)?;
-        let r = encode_all(p, &prompts, &rejected)?;
-        seq_logps(p, &[c, r].concat())
-    };
-    let pol = all(policy)?;
-    let rf = all(reference)?;
-    let half = |t: &candle_core::Tensor, i: usize| t.narrow(0, i * n, n);
+fn seq_map(lp: SeqLogps) -> Map {
     let mut m = Map::new();
-    for (prefix, lp) in [("", &pol), ("ref_", &rf)] {
-        put(&mut m, &format!("{prefix}chosen"), half(&lp.sum, 0)?);
-        put(&mut m, &format!("{prefix}rejected"), half(&lp.sum, 1)?);
-        put(&mut m, &format!("{prefix}chosen_mean"), half(&lp.mean, 0)?);
-        put(
-            &mut m,
-            &format!("{prefix}rejected_mean"),
-            half(&lp.mean, 1)?,
-        );
-    }
-    let ratio = |i| -> Result<candle_core::Tensor> {
-        Ok((half(&pol.sum, i)? - half(&rf.sum, i)?.to_dtype(pol.sum.dtype())?)?)
-    };
-    put(&mut m, "delta", (ratio(0)? - ratio(1)?)?);
-    m.insert("n".into(), (n as i64).into());
-    Ok(m)
+    m.insert("sum".into(), rhai::Dynamic::from(Tensor(lp.sum)));
+    m.insert("mean".into(), rhai::Dynamic::from(Tensor(lp.mean)));
+    m
 }
 
 pub fn register(api: &mut Family) {
+    api.ty::<ScoresValue>("Scores");
     api.func(
         "score",
-        "(policy: Policy, reference: Policy, pairs: Pairs) -> Map",
-        "Summed/mean log-probs of chosen and rejected under both models (chosen, rejected, *_mean, ref_*), Δ (delta) and the number of pairs (n).",
+        "(policy: Policy, reference: Policy, pairs: Pairs) -> Scores",
+        "Summed and mean log-probs of chosen and rejected under both models and Δ; read them as s.chosen, s.rejected, s.chosen_mean, s.rejected_mean, s.ref_chosen, ..., s.delta, s.n.",
         |policy: Policy, reference: Policy, pairs: Pairs| {
-            score(&policy, &reference, &pairs).map_err(fail("score"))
+            policy::score(&policy, &reference, &pairs.0)
+                .map(|s| ScoresValue(std::rc::Rc::new(s)))
+                .map_err(fail("score"))
         },
+    );
+    type Model = fn(&Scores) -> &PairLogps;
+    type Side = fn(&PairLogps) -> &SeqLogps;
+    let models: [(&str, &str, Model); 2] = [
+        ("", "policy", |s| &s.policy),
+        ("ref_", "reference", |s| &s.reference),
+    ];
+    let sides: [(&str, Side); 2] = [("chosen", |p| &p.chosen), ("rejected", |p| &p.rejected)];
+    for (prefix, model, pick) in models {
+        for (side, get) in sides {
+            for (suffix, what, mean) in [("", "Summed", false), ("_mean", "Per-token mean", true)] {
+                let doc = format!("{what} log-probs of the {side} responses under the {model}.");
+                let name = format!("{prefix}{side}{suffix}");
+                api.getter(
+                    "Scores",
+                    &name,
+                    "Tensor",
+                    &doc,
+                    move |s: &mut ScoresValue| {
+                        let lp = get(pick(&s.0));
+                        Tensor(if mean {
+                            lp.mean.clone()
+                        } else {
+                            lp.sum.clone()
+                        })
+                    },
+                );
+            }
+        }
+    }
+    api.getter(
+        "Scores",
+        "delta",
+        "Tensor",
+        "Δ = [π(y_w) - ref(y_w)] - [π(y_l) - ref(y_l)] on summed log-probs.",
+        |s: &mut ScoresValue| Tensor(s.0.delta.clone()),
+    );
+    api.getter(
+        "Scores",
+        "n",
+        "int",
+        "The number of pairs.",
+        |s: &mut ScoresValue| s.0.n as i64,
     );
     api.func(
         "logps",
         "(policy: Policy, prompts: Array, responses: Array) -> Map",
         "Summed and mean response log-probs (sum, mean) of prompt/response pairs.",
         |policy: Policy, prompts: Array, responses: Array| -> Res<Map> {
-            if prompts.len() != responses.len() || prompts.is_empty() {
-                return Err(error(format!(
-                    "logps: {} prompts but {} responses (need the same, at least one)",
-                    prompts.len(),
-                    responses.len()
-                )));
-            }
-            let x = prompts
-                .iter()
-                .map(|v| dynamic_to_text(v, "logps prompt"))
-                .collect::<Res<Vec<_>>>()?;
-            let y = responses
-                .iter()
-                .map(|v| dynamic_to_text(v, "logps response"))
-                .collect::<Res<Vec<_>>>()?;
-            let run = || -> Result<Map> {
-                let seqs = encode_all(
-                    &policy,
-                    &x.iter().collect::<Vec<_>>(),
-                    &y.iter().collect::<Vec<_>>(),
-                )?;
-                let lp = seq_logps(&policy, &seqs)?;
-                let mut m = Map::new();
-                put(&mut m, "sum", lp.sum);
-                put(&mut m, "mean", lp.mean);
-                Ok(m)
+            let texts = |a: &Array, what| {
+                a.iter()
+                    .map(|v| dynamic_to_text(v, what))
+                    .collect::<Res<Vec<_>>>()
             };
-            run().map_err(fail("logps"))
+            let (x, y) = (
+                texts(&prompts, "logps prompt")?,
+                texts(&responses, "logps response")?,
+            );
+            policy.logps(&x, &y).map(seq_map).map_err(fail("logps"))
         },
     );
 }

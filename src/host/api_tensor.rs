@@ -2,7 +2,6 @@
 //! `+ - * /` broadcast and mix with numbers; every function keeps the autograd graph unless it
 //! says otherwise, so `opt.step(loss)` trains through a script-written loss.
 
-use super::opts::number;
 use super::registry::{error, fail, Family, Res};
 use crate::objective;
 use candle_core::{DType, Device};
@@ -328,9 +327,16 @@ pub fn register(api: &mut Family) {
         },
     );
     api.func(
-        "summary",
+        "histogram",
         "(t: Tensor) -> String",
-        "Shape, mean, min/max and a text histogram.",
+        "Shape, mean, min/max and a text histogram (what the REPL shows for a tensor).",
         |t: Tensor| t.summary(),
     );
+}
+
+/// An INT or FLOAT as f64.
+pub fn number(v: &Dynamic) -> Option<f64> {
+    v.as_float()
+        .ok()
+        .or_else(|| v.as_int().ok().map(|i| i as f64))
 }

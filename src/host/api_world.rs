@@ -2,99 +2,89 @@
 //! gold and annotator rewards, noisy off-policy pairs and an evaluation set), worlds from files
 //! (`file_world`), and `evaluate`.
 
-use super::api_data::Pairs;
-use super::api_model::Policy;
-use super::file_world::{spec_path, FileWorld, WorldSpec};
+use super::api_data::{text_to_dynamic, Pairs};
 use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use super::run::{interrupted, Run};
-use crate::world::{World, WorldConfig};
+use super::values::to_json;
+use crate::data::encode::Text;
+use crate::policy::Policy;
+use crate::world::{self, BuiltinWorld, FileWorld, WorldConfig, WorldSpec};
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rhai::{Array, Dynamic, Map};
 use std::rc::Rc;
 
+/// The engine's worlds as scripts hold them.
 #[derive(Clone)]
-pub enum WorldHandle {
-    Builtin(Rc<World>),
-    Files(Rc<FileWorld>),
-}
+pub struct WorldHandle(pub Rc<dyn world::World>);
 
 impl std::fmt::Display for WorldHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WorldHandle::Builtin(w) => write!(
-                f,
-                "World({}: {}-digit addition, {} offline pairs, {} eval prompts)",
-                w.config.name,
-                w.config.digits,
-                w.pairs.len(),
-                w.eval.len()
-            ),
-            WorldHandle::Files(w) => write!(
-                f,
-                "World({}: policy {}, {} offline pairs, {} prompts, {} eval prompts)",
-                w.name,
-                w.spec.policy,
-                w.pairs.len(),
-                w.prompts.len(),
-                w.eval.len()
-            ),
-        }
+        write!(f, "World({})", self.0.describe())
     }
 }
 
-/// The built-in world, or an error naming what a world from files lacks.
-fn builtin<'a>(w: &'a WorldHandle, what: &str) -> Res<&'a Rc<World>> {
-    match w {
-        WorldHandle::Builtin(b) => Ok(b),
-        WorldHandle::Files(f) => Err(error(format!(
-            "{what}: the world {} (from files) has no gold reward; check `w.has_gold`",
-            f.name
-        ))),
-    }
-}
-
-/// A world from a spec, opened once per run.
-fn open_files(run: &Run, name: &str, spec: WorldSpec) -> Res<WorldHandle> {
-    let key = format!("files:{name}");
-    if let Some(w) = run.file_worlds.borrow().get(&key) {
-        return Ok(WorldHandle::Files(w.clone()));
-    }
-    let w = Rc::new(FileWorld::open(run, name, spec).map_err(fail("world"))?);
-    run.file_worlds.borrow_mut().insert(key, w.clone());
-    Ok(WorldHandle::Files(w))
-}
-
-fn open(run: &Run, config: WorldConfig) -> Res<WorldHandle> {
-    let key = serde_json::to_string(&config).unwrap_or_default();
+/// A world opened once per run: later calls with the same key get the same world.
+fn cached(
+    run: &Run,
+    key: String,
+    open: impl FnOnce() -> anyhow::Result<Rc<dyn world::World>>,
+) -> Res<WorldHandle> {
     if let Some(w) = run.worlds.borrow().get(&key) {
-        return Ok(WorldHandle::Builtin(w.clone()));
+        return Ok(WorldHandle(w.clone()));
     }
-    let bar = ProgressBar::new(config.warmup.steps).with_prefix(format!(
-        "warming up the {} world's policy (cached afterwards)",
-        config.name
-    ));
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed} loss {msg}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
-    let world = World::build(config, &run.options.device, &mut |step, _, loss| {
-        if interrupted() {
-            anyhow::bail!("interrupted during the warm-up (nothing was cached)");
-        }
-        bar.set_position(step);
-        bar.set_message(format!("{loss:.3}"));
-        Ok(())
-    });
-    bar.finish_and_clear();
-    let world = Rc::new(world.map_err(fail("world"))?);
-    run.worlds.borrow_mut().insert(key, world.clone());
-    Ok(WorldHandle::Builtin(world))
+    let w = open().map_err(fail("world"))?;
+    run.worlds.borrow_mut().insert(key, w.clone());
+    Ok(WorldHandle(w))
 }
 
-fn strings(texts: Vec<crate::data::encode::Text>) -> Array {
-    texts.iter().map(super::api_data::text_to_dynamic).collect()
+fn open_files(run: &Run, name: &str, spec: WorldSpec) -> Res<WorldHandle> {
+    cached(run, format!("files:{name}"), || {
+        Ok(Rc::new(FileWorld::open(name, spec, &run.options.device)?))
+    })
+}
+
+fn open_builtin(run: &Run, config: WorldConfig) -> Res<WorldHandle> {
+    let key = serde_json::to_string(&config).unwrap_or_default();
+    cached(run, key, || {
+        let bar = ProgressBar::new(config.warmup.steps).with_prefix(format!(
+            "warming up the {} world's policy (cached afterwards)",
+            config.name
+        ));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed} loss {msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        let world = BuiltinWorld::build(config, &run.options.device, &mut |step, _, loss| {
+            if interrupted() {
+                anyhow::bail!("interrupted during the warm-up (nothing was cached)");
+            }
+            bar.set_position(step);
+            bar.set_message(format!("{loss:.3}"));
+            Ok(())
+        });
+        bar.finish_and_clear();
+        Ok(Rc::new(world?))
+    })
+}
+
+fn strings(texts: Vec<Text>) -> Array {
+    texts.iter().map(text_to_dynamic).collect()
+}
+
+/// The reward a world knows only where it has a gold one, for one prompt and response.
+fn known(w: &WorldHandle, what: &str, gold: bool, prompt: &str, response: &str) -> Res<f64> {
+    let Some(g) = w.0.gold() else {
+        return Err(error(format!(
+            "{what}: the world {} (from files) has no gold reward; check `w.has_gold`",
+            w.0.name()
+        )));
+    };
+    let rm = if gold { g } else { w.0.reward() };
+    let (p, y) = (Text::Plain(prompt.into()), Text::Plain(response.into()));
+    rm.rewards(&[p], &[y]).map(|v| v[0]).map_err(fail("world"))
 }
 
 pub fn register(api: &mut Family, run: &Rc<Run>) {
@@ -104,12 +94,12 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "world",
         "(name: String) -> World",
         "A built-in world, \"default\" or \"tiny\" (seconds to build; for tests and the REPL), or a world from files: a path to a world .json (policy, reward, pairs, prompts, eval, lr, max_new_tokens, eval_temperature).",
-        move |name: &str| match spec_path(name) {
+        move |name: &str| match world::files::spec_path(name) {
             Some(path) => {
                 let spec = WorldSpec::from_file(&path).map_err(fail("world"))?;
                 open_files(&r, name, spec)
             }
-            None => open(&r, WorldConfig::preset(name).map_err(fail("world"))?),
+            None => open_builtin(&r, WorldConfig::preset(name).map_err(fail("world"))?),
         },
     );
     let r = run.clone();
@@ -119,7 +109,10 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "A built-in world with changes (name, seed, pairs, label_noise, annotator_noise, eval_temperature, warmup_steps), or with `policy` a world from files (keys as in a world .json).",
         move |opts: Map| -> Res<WorldHandle> {
             if opts.contains_key("policy") {
-                let spec = WorldSpec::from_map(&opts).map_err(fail("world"))?;
+                let json = to_json(&Dynamic::from_map(opts.clone()));
+                let spec = WorldSpec::from_value(json)
+                    .context("world options")
+                    .map_err(fail("world"))?;
                 return open_files(&r, &spec.policy.clone(), spec);
             }
             let o = Opts::new("world options", &opts);
@@ -131,124 +124,86 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
             c.eval_temperature = o.f64("eval_temperature", c.eval_temperature)?;
             c.warmup.steps = o.usize("warmup_steps", c.warmup.steps as usize)? as u64;
             o.finish()?;
-            open(&r, c)
+            open_builtin(&r, c)
         },
     );
-    let r = run.clone();
     api.func(
         "policy",
         "(world: World) -> Policy",
         "A fresh trainable copy of the world's initial (for the built-in worlds, warmed-up) policy.",
-        move |w: &mut WorldHandle| -> Res<Policy> {
-            match w {
-                WorldHandle::Builtin(b) => {
-                    let m = b.policy(true).map_err(fail("policy"))?;
-                    Ok(Policy::new(m, b.tokenizer.clone(), &format!("{} world", b.config.name)))
-                }
-                WorldHandle::Files(f) => f.policy(&r).map_err(fail("policy")),
-            }
-        },
+        |w: &mut WorldHandle| -> Res<Policy> { w.0.policy().map_err(fail("policy")) },
     );
     api.getter(
         "World",
         "pairs",
         "Pairs",
         "The offline preference pairs.",
-        |w: &mut WorldHandle| match w {
-            WorldHandle::Builtin(b) => Pairs::new(b.pairs.clone()),
-            WorldHandle::Files(f) => Pairs::new(f.pairs.clone()),
-        },
+        |w: &mut WorldHandle| Pairs::new(w.0.pairs().to_vec()),
     );
     api.getter(
         "World",
         "prompts",
         "Array",
         "The training prompts.",
-        |w: &mut WorldHandle| match w {
-            WorldHandle::Builtin(b) => strings(b.train_prompts()),
-            WorldHandle::Files(f) => strings(f.prompts.clone()),
-        },
+        |w: &mut WorldHandle| strings(w.0.train_prompts()),
     );
     api.getter(
         "World",
         "eval_prompts",
         "Array",
         "The held-out evaluation prompts.",
-        |w: &mut WorldHandle| match w {
-            WorldHandle::Builtin(b) => strings(b.eval_prompts()),
-            WorldHandle::Files(f) => strings(f.eval.clone()),
-        },
+        |w: &mut WorldHandle| strings(w.0.eval_prompts()),
     );
     api.getter(
         "World",
         "lr",
         "float",
         "The learning rate offline DPO uses on this world; the online scripts set their own (1e-5 by default), as their online part is unstable at this one.",
-        |w: &mut WorldHandle| match w {
-            WorldHandle::Builtin(b) => b.config.lr,
-            WorldHandle::Files(f) => f.spec.lr,
-        },
+        |w: &mut WorldHandle| w.0.lr(),
     );
     api.getter(
         "World",
         "max_new_tokens",
         "int",
         "New tokens to generate: enough for any answer of a built-in task; a file world's setting.",
-        |w: &mut WorldHandle| match w {
-            WorldHandle::Builtin(b) => b.max_new_tokens() as i64,
-            WorldHandle::Files(f) => f.spec.max_new_tokens as i64,
-        },
+        |w: &mut WorldHandle| w.0.max_new_tokens() as i64,
     );
     api.getter(
         "World",
         "name",
         "String",
         "The world's name.",
-        |w: &mut WorldHandle| match w {
-            WorldHandle::Builtin(b) => b.config.name.clone(),
-            WorldHandle::Files(f) => f.name.clone(),
-        },
+        |w: &mut WorldHandle| w.0.name().to_string(),
     );
     api.getter(
         "World",
         "has_gold",
         "bool",
         "Whether the world has a gold reward (the built-in ones do; worlds from files do not).",
-        |w: &mut WorldHandle| matches!(w, WorldHandle::Builtin(_)),
+        |w: &mut WorldHandle| w.0.gold().is_some(),
     );
     api.func(
         "gold",
         "(world: World, prompt: String, response: String) -> float",
         "The gold (true) reward of a response (built-in worlds). Not counted in annotations(): only annotate() is.",
-        |w: &mut WorldHandle, p: &str, y: &str| {
-            builtin(w, "gold")?.gold(p, y).map_err(fail("gold"))
-        },
+        |w: &mut WorldHandle, p: &str, y: &str| known(w, "gold", true, p, y),
     );
     api.func(
         "annotator",
         "(world: World, prompt: String, response: String) -> float",
         "The annotator's reward: the gold reward plus fixed, per-text noise (built-in worlds). Not counted in annotations(): only annotate() is.",
-        |w: &mut WorldHandle, p: &str, y: &str| {
-            builtin(w, "annotator")?
-                .annotator(p, y)
-                .map_err(fail("annotator"))
-        },
+        |w: &mut WorldHandle, p: &str, y: &str| known(w, "annotator", false, p, y),
     );
     api.func(
         "evaluate",
         "(policy: Policy, world: World) -> Map",
         "Built-in worlds: eval/gold_reward, eval/success and eval/win_rate (vs the warm-up policy) on the held-out prompts; worlds from files: eval/reward (the reward model's mean) and eval/win_rate (vs the initial policy).",
         |p: Policy, w: WorldHandle| -> Res<Map> {
-            let b = match &w {
-                WorldHandle::Builtin(b) => b,
-                WorldHandle::Files(f) => return f.evaluate(&p).map_err(fail("evaluate")),
-            };
-            let e = b.evaluate(&p.0.model).map_err(fail("evaluate"))?;
-            let mut m = Map::new();
-            m.insert("eval/gold_reward".into(), Dynamic::from_float(e.gold_reward));
-            m.insert("eval/success".into(), Dynamic::from_float(e.success));
-            m.insert("eval/win_rate".into(), Dynamic::from_float(e.win_rate));
-            Ok(m)
+            let metrics = w.0.evaluate(&p).map_err(fail("evaluate"))?;
+            Ok(metrics
+                .into_iter()
+                .map(|(k, v)| (k.into(), Dynamic::from_float(v)))
+                .collect())
         },
     );
 }

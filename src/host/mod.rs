@@ -15,13 +15,14 @@ pub mod api_tensor;
 pub mod api_train;
 pub mod api_world;
 pub mod errors;
-pub mod file_world;
 pub mod limits;
 pub mod opts;
 pub mod registry;
 pub mod repl;
 pub mod resolver;
 pub mod run;
+pub mod script_help;
+pub mod values;
 
 use registry::{Family, FnDoc};
 use resolver::{Resolver, Sources};
@@ -57,8 +58,11 @@ pub fn describe(v: &Dynamic) -> String {
     if let Some(t) = v.clone().try_cast::<api_tensor::Tensor>() {
         return t.summary();
     }
-    if let Some(p) = v.clone().try_cast::<api_model::Policy>() {
+    if let Some(p) = v.clone().try_cast::<crate::policy::Policy>() {
         return p.to_string();
+    }
+    if let Some(s) = v.clone().try_cast::<api_score::ScoresValue>() {
+        return s.to_string();
     }
     if let Some(p) = v.clone().try_cast::<api_data::Pairs>() {
         return p.to_string();
@@ -95,6 +99,8 @@ impl Host {
     pub fn new(run: Rc<Run>) -> Self {
         let mut engine = Engine::new();
         engine.set_strict_variables(true);
+        // `p.bata` for `p.beta` is an error naming the key, not a silent ().
+        engine.set_fail_on_invalid_map_property(true);
         run.options.limits.apply(&mut engine);
         let sources = Sources::default();
         engine.set_module_resolver(Resolver::new(sources.clone()));
@@ -124,7 +130,9 @@ impl Host {
                 "tensor" => api_tensor::register(&mut api),
                 "train" => api_train::register(&mut api, &run),
                 "report" => api_report::register(&mut api, &run),
-                "run" => api_run::register(&mut api, &run),
+                "run" => api_run::register(&mut api, &run, |run, name, text| {
+                    Host::new(run).run_script(name, text)
+                }),
                 "world" => api_world::register(&mut api, &run),
                 _ => unreachable!("every family has a registration"),
             }

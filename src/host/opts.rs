@@ -1,14 +1,18 @@
 //! Option maps (`#{ beta: 0.1, ... }`) read with types and defaults; a key nobody read is an
 //! error that lists the known keys, so a typo never silently falls back to a default.
 
+pub use super::api_tensor::number;
 use super::registry::{error, Res};
+use crate::atomic::Replace;
 use rhai::{Dynamic, Map};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
 use std::cell::RefCell;
 
 pub struct Opts<'a> {
     what: &'a str,
     map: &'a Map,
-    known: RefCell<Vec<&'static str>>,
+    known: RefCell<Vec<String>>,
 }
 
 impl<'a> Opts<'a> {
@@ -22,7 +26,7 @@ impl<'a> Opts<'a> {
     }
 
     pub fn get(&self, key: &'static str) -> Option<&Dynamic> {
-        self.known.borrow_mut().push(key);
+        self.known.borrow_mut().push(key.to_string());
         self.map.get(key)
     }
 
@@ -65,6 +69,22 @@ impl<'a> Opts<'a> {
         }
     }
 
+    /// An engine config: its defaults (`T::default()`, the one place they are written) with
+    /// the keys of the map that name its fields put over them, each checked against its type.
+    pub fn config<T: Default + Serialize + DeserializeOwned>(&self) -> Res<T> {
+        let Value::Object(mut fields) = to_value(&T::default()) else {
+            unreachable!("configs serialize to objects")
+        };
+        for (key, slot) in fields.iter_mut() {
+            self.known.borrow_mut().push(key.clone());
+            if let Some(v) = self.map.get(key.as_str()) {
+                *slot = super::values::to_json(v);
+            }
+        }
+        crate::textfile::from_value(Value::Object(fields))
+            .map_err(|e| error(format!("{}: {e:#}", self.what)))
+    }
+
     fn wrong(&self, key: &str, expected: &str, v: &Dynamic) -> Box<rhai::EvalAltResult> {
         error(format!(
             "{}: `{key}` must be {expected}, got {} ({v})",
@@ -80,7 +100,7 @@ impl<'a> Opts<'a> {
             .map
             .keys()
             .map(|k| k.as_str())
-            .filter(|k| !known.contains(k))
+            .filter(|k| !known.iter().any(|n| n == k))
             .collect();
         if unknown.is_empty() {
             return Ok(());
@@ -99,9 +119,37 @@ impl<'a> Opts<'a> {
     }
 }
 
-/// An INT or FLOAT as f64.
-pub fn number(v: &Dynamic) -> Option<f64> {
-    v.as_float()
-        .ok()
-        .or_else(|| v.as_int().ok().map(|i| i as f64))
+/// A config's fields and defaults as `metaapo api` shows them: `beta (0.1), rpo_alpha (off)`.
+pub fn defaults<T: Default + Serialize>() -> String {
+    let Value::Object(fields) = to_value(&T::default()) else {
+        unreachable!("configs serialize to objects")
+    };
+    fields
+        .iter()
+        .map(|(k, v)| match v {
+            Value::Null => format!("{k} (off)"),
+            Value::String(s) => format!("{k} ({s:?})"),
+            v => format!("{k} ({v})"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("configs serialize")
+}
+
+/// What a refused script save tells the user to do.
+pub const OVERWRITE_HINT: &str = "pass save(dir, #{ overwrite: true })";
+
+/// `overwrite` in a save's options, as the replacement rule of [`crate::atomic`].
+pub fn replace_rule(what: &str, opts: &Map) -> Res<Replace> {
+    let o = Opts::new(what, opts);
+    let overwrite = o.bool("overwrite", false)?;
+    o.finish()?;
+    Ok(if overwrite {
+        Replace::SameKind
+    } else {
+        Replace::Never
+    })
 }

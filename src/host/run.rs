@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 /// Whether Ctrl-C was pressed: a running script stops at its next operation, and host
@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub limits: Limits,
     /// The scripts of the runs this one is a sub-run of, outermost first.
     pub parents: Vec<String>,
+    /// `script NAME --help`: `params` records its defaults and stops the script.
+    pub help: bool,
 }
 
 pub struct Run {
@@ -46,9 +48,10 @@ pub struct Run {
     pub rng: RefCell<ChaCha8Rng>,
     /// Whether the script called `params`, which consumes the overrides.
     pub params_read: Cell<bool>,
-    pub worlds: RefCell<HashMap<String, Rc<World>>>,
-    /// Worlds from files opened so far, by spec.
-    pub file_worlds: RefCell<HashMap<String, Rc<crate::host::file_world::FileWorld>>>,
+    /// The defaults `params` was called with, under `--help`.
+    pub help_defaults: RefCell<Option<rhai::Map>>,
+    /// Worlds opened so far (built-in ones by config, from files by spec).
+    pub worlds: RefCell<HashMap<String, Rc<dyn World>>>,
     /// Reward annotations made by `annotate` so far (`online/annotations`).
     pub annotations: Cell<u64>,
 }
@@ -60,8 +63,8 @@ impl Run {
             options,
             report: RefCell::new(None),
             params_read: Cell::new(false),
+            help_defaults: RefCell::new(None),
             worlds: RefCell::new(HashMap::new()),
-            file_worlds: RefCell::new(HashMap::new()),
             annotations: Cell::new(0),
         })
     }
@@ -81,6 +84,24 @@ impl Run {
             *slot = Some(Report::open(&dir)?);
         }
         Ok(RefMut::map(slot, |r| r.as_mut().expect("opened above")))
+    }
+
+    /// Where an output goes: an absolute path as given (the user named the place), a relative one
+    /// inside the run directory, which it may not leave through `..`.
+    pub fn output(&self, path: &str) -> Result<PathBuf> {
+        let p = Path::new(path);
+        if path.trim().is_empty() {
+            anyhow::bail!("an output needs a name (got an empty path)");
+        }
+        if p.is_absolute() {
+            return Ok(p.to_path_buf());
+        }
+        if p.components().any(|c| c == std::path::Component::ParentDir) {
+            anyhow::bail!(
+                "{path:?} would leave the run directory (`..`); give a path inside it, or an absolute one"
+            );
+        }
+        Ok(self.report()?.dir().join(p))
     }
 
     pub fn count_annotations(&self, n: usize) {

@@ -66,8 +66,8 @@ pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 /// The tiny built-in world (cached after its first build).
-pub fn tiny_world() -> metaapo::world::World {
-    metaapo::world::World::build(
+pub fn tiny_world() -> metaapo::world::BuiltinWorld {
+    metaapo::world::BuiltinWorld::build(
         metaapo::world::WorldConfig::preset("tiny").unwrap(),
         &Device::Cpu,
         &mut |_, _, _| Ok(()),
@@ -77,10 +77,10 @@ pub fn tiny_world() -> metaapo::world::World {
 
 /// A user's files for a world: the tiny world's policy in `dir/policy`, and the tiny
 /// sequence-classifier fixture (given the same tokenizer) as the reward model in `dir/reward`.
-pub fn policy_and_reward(dir: &std::path::Path, world: &metaapo::world::World) {
+pub fn policy_and_reward(dir: &std::path::Path, world: &metaapo::world::BuiltinWorld) {
     metaapo::model::hf::save(
         &dir.join("policy"),
-        &world.policy(false).unwrap(),
+        &world.model(false).unwrap(),
         Some(&world.tokenizer),
     )
     .unwrap();

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod meta;
 pub mod model;
 pub mod objective;
+pub mod policy;
 pub mod report;
 pub mod reward;
 pub mod score;

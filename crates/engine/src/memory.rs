@@ -1,6 +1,6 @@
 //! Start-up allocator settings. glibc returns large freed buffers to the OS and page-faults them
 //! back on the next step; activations are freed and re-allocated every step, so this cost ~30% of
-//! training time (ENGINE_NOTES.md). Keeping them in the heap made steps 1.5-1.8x faster.
+//! training time (docs/ARCHITECTURE.md, "Measured engine facts"). Keeping them in the heap made steps 1.5-1.8x faster.
 
 /// Keeps freed memory in the process for reuse. Call once, first thing in `main`.
 pub fn keep_freed_memory() {

@@ -49,6 +49,50 @@ impl PairLogps {
             rejected: self.rejected.detach(),
         }
     }
+
+    /// The first `n` sequences as chosen, the next `n` as rejected.
+    pub fn split(all: SeqLogps, n: usize) -> Result<Self> {
+        Ok(Self {
+            chosen: all.narrow(0, n)?,
+            rejected: all.narrow(n, n)?,
+        })
+    }
+
+    /// Chosen then rejected, as one `(2N,)` summed log-prob tensor in `dtype`.
+    pub fn both_sums(&self, dtype: DType) -> Result<Tensor> {
+        let c = self.chosen.sum.to_dtype(dtype)?;
+        let r = self.rejected.sum.to_dtype(dtype)?;
+        Ok(Tensor::cat(&[&c, &r], 0)?)
+    }
+}
+
+/// What every pairwise objective reads: the pairs' log-probs under the policy and the reference,
+/// and the implicit-reward margin Δ = [π(y_w) - ref(y_w)] - [π(y_l) - ref(y_l)].
+#[derive(Debug, Clone)]
+pub struct Scores {
+    pub policy: PairLogps,
+    pub reference: PairLogps,
+    pub delta: Tensor,
+    pub n: usize,
+}
+
+impl Scores {
+    /// The reference's log-probs are cast to the policy's dtype.
+    pub fn new(policy: PairLogps, reference: PairLogps) -> Result<Self> {
+        let dtype = policy.chosen.sum.dtype();
+        let ratio = |p: &SeqLogps, r: &SeqLogps| -> Result<Tensor> {
+            Ok((&p.sum - r.sum.to_dtype(dtype)?)?)
+        };
+        let delta = (ratio(&policy.chosen, &reference.chosen)?
+            - ratio(&policy.rejected, &reference.rejected)?)?;
+        let n = delta.dim(0)?;
+        Ok(Self {
+            policy,
+            reference,
+            delta,
+            n,
+        })
+    }
 }
 
 /// Refuses a batch whose activations (kept for the backward pass) would not fit in memory.
@@ -130,10 +174,5 @@ pub fn pair_logps(
         );
     }
     let all: Vec<EncodedSeq> = chosen.iter().chain(rejected).cloned().collect();
-    let n = chosen.len();
-    let lp = sequence_logps(model, &all, pad_id)?;
-    Ok(PairLogps {
-        chosen: lp.narrow(0, n)?,
-        rejected: lp.narrow(n, n)?,
-    })
+    PairLogps::split(sequence_logps(model, &all, pad_id)?, chosen.len())
 }

@@ -1,6 +1,8 @@
+use super::MetaBuffer;
 use crate::model::weights;
-use crate::train::grads::Gradients;
-use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::optimizer::AdamWConfig;
+use crate::train::schedule::Schedule;
+use crate::train::Trainer;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -58,7 +60,7 @@ pub struct MetaStats {
 pub struct MetaLearner {
     pub config: MetaConfig,
     vars: Vec<(String, Var)>,
-    opt: AdamW,
+    opt: Trainer,
 }
 
 const NAMES: [&str; 4] = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"];
@@ -100,8 +102,8 @@ impl MetaLearner {
         Ok(Self { config, vars, opt })
     }
 
-    fn optimizer(vars: &[(String, Var)], c: &MetaConfig) -> Result<AdamW> {
-        AdamW::new(
+    fn optimizer(vars: &[(String, Var)], c: &MetaConfig) -> Result<Trainer> {
+        Trainer::new(
             vars,
             AdamWConfig {
                 lr: c.lr,
@@ -112,6 +114,8 @@ impl MetaLearner {
                 max_grad_norm: c.max_grad_norm,
                 ..AdamWConfig::default()
             },
+            Schedule::constant(c.lr),
+            1,
         )
     }
 
@@ -183,14 +187,22 @@ impl MetaLearner {
             .to_scalar::<f64>()?;
         let loss = self.meta_loss(&s, &t(off)?, &t(on)?)?;
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let mut grads = Gradients::new();
-        grads.accumulate(&loss, &self.vars)?;
-        let stats = self.opt.step(&grads, self.config.lr)?;
+        let stats = self.opt.step(&loss)?.expect("one micro-batch per update");
         Ok(MetaStats {
             loss: value,
             grad_norm: stats.grad_norm,
             mean_weight,
         })
+    }
+
+    /// One step on the buffer, which is then emptied; no step (`None`) for an empty buffer.
+    pub fn fit(&mut self, buffer: &mut MetaBuffer) -> Result<Option<MetaStats>> {
+        if buffer.is_empty() {
+            return Ok(None);
+        }
+        let stats = self.step(&buffer.scores, &buffer.offline, &buffer.online)?;
+        buffer.clear();
+        Ok(Some(stats))
     }
 
     /// Writes the parameters (`meta_learner.safetensors`) and optimizer state
@@ -203,7 +215,7 @@ impl MetaLearner {
             &dir.join(PARAMS),
         )
         .context("cannot write the meta-learner")?;
-        self.opt.save(&dir.join(OPTIMIZER))
+        self.opt.optimizer().save(&dir.join(OPTIMIZER))
     }
 
     /// Restores a learner written by [`MetaLearner::save`].
@@ -219,7 +231,7 @@ impl MetaLearner {
             let t = weights::state_tensor(&tensors, name, var.dims(), &path)?;
             var.set(&t.to_dtype(var.dtype())?)?;
         }
-        learner.opt.load(&dir.join(OPTIMIZER))?;
+        learner.opt.optimizer_mut().load(&dir.join(OPTIMIZER))?;
         Ok(learner)
     }
 }

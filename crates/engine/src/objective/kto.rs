@@ -1,9 +1,11 @@
 use super::{mean, reduce, scalar, sigmoid, values, LossOutput, Metrics};
+use crate::score::Scores;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct KtoConfig {
     pub beta: f64,
     /// λ_D
@@ -93,4 +95,38 @@ pub fn kto(
         per_example: per,
         metrics,
     })
+}
+
+/// KTO over pairs: each pair gives a desirable (chosen) and an undesirable (rejected) example;
+/// `kl` scores mismatched pairs for z0. A pair's loss and weight cover both its examples, so
+/// `per_example` holds one value per pair: the mean of its two.
+pub fn kto_pairs(
+    scores: &Scores,
+    kl: &Scores,
+    cfg: &KtoConfig,
+    weights: Option<&Tensor>,
+) -> Result<LossOutput> {
+    let n = scores.n;
+    let dtype = scores.policy.chosen.sum.dtype();
+    let policy = scores.policy.both_sums(dtype)?;
+    let desirable: Vec<bool> = (0..2 * n).map(|i| i < n).collect();
+    if let Some(w) = weights.filter(|w| w.dims() != [n]) {
+        bail!(
+            "weights have shape {:?}, expected [{n}] (one per pair)",
+            w.dims()
+        );
+    }
+    let weights = weights.map(|w| Tensor::cat(&[w, w], 0)).transpose()?;
+    let mut out = kto(
+        &policy,
+        &scores.reference.both_sums(dtype)?,
+        &desirable,
+        &kl.policy.both_sums(dtype)?,
+        &kl.reference.both_sums(dtype)?,
+        cfg,
+        weights.as_ref(),
+    )?;
+    let per = &out.per_example;
+    out.per_example = ((per.narrow(0, 0, n)? + per.narrow(0, n, n)?)? * 0.5)?;
+    Ok(out)
 }

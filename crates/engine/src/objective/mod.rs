@@ -1,12 +1,12 @@
-//! Preference objectives (formulas: ALGORITHMS.md). Each returns the batch loss, the per-example
+//! Preference objectives (formulas: docs/ALGORITHMS.md). Each returns the batch loss, the per-example
 //! losses and TRL-named metrics, and accepts optional per-example weights `w`: the batch loss is
 //! `sum_i w_i * l_i / N`, so `dpo(off, w) + dpo(on, 1 - w)` is MetaAPO's mixed loss.
 
 mod kto;
 mod pairwise;
 
-pub use kto::{kto, KtoConfig};
-pub use pairwise::{dpo, ipo, selm, simpo, DpoConfig, SelmConfig, SimpoConfig};
+pub use kto::{kto, kto_pairs, KtoConfig};
+pub use pairwise::{dpo, ipo, selm, simpo, DpoConfig, IpoConfig, SelmConfig, SimpoConfig};
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -44,7 +44,10 @@ fn reduce(per_example: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
             if w.dims() != [n] {
                 bail!("weights have shape {:?}, expected [{n}]", w.dims());
             }
-            Ok(((per_example * w.to_dtype(per_example.dtype())?)?.sum_all()? / n as f64)?)
+            let w = w
+                .to_device(per_example.device())?
+                .to_dtype(per_example.dtype())?;
+            Ok(((per_example * w)?.sum_all()? / n as f64)?)
         }
     }
 }

@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DpoConfig {
     pub beta: f64,
     /// cDPO's ε: the assumed probability that a label is flipped (0 gives DPO).
@@ -24,6 +25,19 @@ impl Default for DpoConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IpoConfig {
+    pub beta: f64,
+}
+
+impl Default for IpoConfig {
+    fn default() -> Self {
+        Self { beta: 0.1 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SimpoConfig {
     pub beta: f64,
     /// The target margin γ (not γ/β).
@@ -40,6 +54,7 @@ impl Default for SimpoConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SelmConfig {
     pub beta: f64,
     /// Weight α of the optimism term.
@@ -126,9 +141,10 @@ pub fn dpo(
 pub fn ipo(
     policy: &PairLogps,
     reference: &PairLogps,
-    beta: f64,
+    cfg: &IpoConfig,
     weights: Option<&Tensor>,
 ) -> Result<LossOutput> {
+    let beta = cfg.beta;
     let (chosen, rejected, delta) = log_ratios(policy, reference)?;
     let per = (delta - 1.0 / (2.0 * beta))?.sqr()?;
     let loss = reduce(&per, weights)?;

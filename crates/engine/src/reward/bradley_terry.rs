@@ -4,17 +4,19 @@
 
 use crate::model::weights;
 use crate::objective::log_sigmoid;
-use crate::train::grads::Gradients;
-use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::optimizer::AdamWConfig;
+use crate::train::schedule::Schedule;
+use crate::train::Trainer;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FitConfig {
     pub epochs: usize,
     pub lr: f64,
@@ -109,7 +111,7 @@ impl LinearHead {
         let init: Vec<f32> = (0..hidden).map(|_| rng.random_range(-0.01..0.01)).collect();
         let w = Var::from_tensor(&Tensor::from_vec(init, hidden, diff.device())?)?;
         let vars = vec![("head.weight".to_string(), w.clone())];
-        let mut opt = AdamW::new(
+        let mut opt = Trainer::new(
             &vars,
             AdamWConfig {
                 lr: cfg.lr,
@@ -118,6 +120,8 @@ impl LinearHead {
                 max_grad_norm: None,
                 ..AdamWConfig::default()
             },
+            Schedule::constant(cfg.lr),
+            1,
         )?;
         let measure = |w: &Tensor| -> Result<(f64, f64)> {
             let m = diff.broadcast_mul(w)?.sum(D::Minus1)?;
@@ -130,14 +134,11 @@ impl LinearHead {
             Ok((loss, right))
         };
         let (loss_before, accuracy_before) = measure(w.as_tensor())?;
-        let mut grads = Gradients::new();
         for _ in 0..cfg.epochs {
             crate::interrupt::check()?;
             let margin = diff.broadcast_mul(w.as_tensor())?.sum(D::Minus1)?;
             let loss = log_sigmoid(&margin)?.neg()?.mean_all()?;
-            grads.accumulate(&loss, &vars)?;
-            opt.step(&grads, cfg.lr)?;
-            grads.clear();
+            opt.step(&loss)?;
         }
         let (loss_after, accuracy_after) = measure(w.as_tensor())?;
         Ok((

@@ -1,11 +1,14 @@
-//! Neural reward models: a Llama-family sequence classifier (HF `LlamaForSequenceClassification`,
-//! the layout OpenRLHF reward models use), and a BERT sentence encoder with a linear head fitted
-//! on preference pairs by a Bradley-Terry loss. Rule-based and world rewards live with their
-//! worlds; the script host puts all of them behind one `annotate`.
+//! Reward models behind one interface ([`RewardModel`]): a Llama-family sequence classifier (HF
+//! `LlamaForSequenceClassification`, the layout OpenRLHF reward models use), a BERT sentence
+//! encoder with a linear head fitted on preference pairs by a Bradley-Terry loss, and the worlds'
+//! own annotators.
 
 pub mod bert;
 pub mod bradley_terry;
 pub mod classifier;
+mod model;
+
+pub use model::{accuracy, load, Classifier, HeadReward, RewardModel};
 
 /// The fraction of positions where `a` beats `b` (ties count half): pairwise accuracy when `a`
 /// scores the chosen responses and `b` the rejected, a win rate when they score two models.

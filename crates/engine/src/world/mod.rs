@@ -1,345 +1,54 @@
-//! The built-in default world (DESIGN.md): a verifiable task, a tokenizer, a small policy warmed
-//! up in-process and cached, a gold reward and a noisier annotator, off-policy offline pairs with
-//! label noise, and a held-out evaluation set. Everything follows from the config and its seed.
+//! Worlds: everything a preference-optimisation run needs from its environment, behind one
+//! interface ([`World`]): offline pairs, training and evaluation prompts, a starting policy, a
+//! reward model to annotate with, where known a gold reward, and an evaluation. The built-in
+//! worlds ([`builtin`], a verifiable arithmetic task, docs/ARCHITECTURE.md) are built in-process;
+//! [`files`] opens a user's model and data.
 
+pub mod builtin;
+pub mod files;
 pub mod task;
 pub mod vocab;
 pub mod warmup;
 
-use crate::atomic::Replace;
+pub use builtin::{BuiltinWorld, Evaluation, WorldConfig};
+pub use files::{FileWorld, WorldSpec};
+
 use crate::data::encode::Text;
 use crate::data::pairs::Pair;
-use crate::fetch::cache_dir;
-use crate::generate::{generate, SampleConfig, Stop};
-use crate::model::config::ModelConfig;
-use crate::model::tokenizer::TextTokenizer;
-use crate::model::{hf, init, CausalLm};
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::path::PathBuf;
-use task::{Problem, Teacher};
-use warmup::Warmup;
+use crate::policy::Policy;
+use crate::reward::RewardModel;
+use anyhow::Result;
+use std::rc::Rc;
 
-/// Bumped whenever building a world changes, so stale cached warm-ups are not reused.
-const FORMAT: u32 = 1;
+pub trait World {
+    fn name(&self) -> &str;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorldConfig {
-    pub name: String,
-    pub seed: u64,
-    /// Operands have up to this many digits.
-    pub digits: u32,
-    pub eval_size: usize,
-    pub hidden: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub warmup: Warmup,
-    /// Writes the SFT data the policy is warmed up on.
-    pub sft_teacher: Teacher,
-    /// Writes the offline preference pairs: a different policy, with different mistakes.
-    pub pair_teacher: Teacher,
-    pub pairs: usize,
-    /// Probability that an offline pair's labels are swapped.
-    pub label_noise: f64,
-    /// Standard deviation of the annotator's error.
-    pub annotator_noise: f64,
-    /// Sampling temperature of `evaluate` (0 = greedy).
-    pub eval_temperature: f64,
-    /// A learning rate that suits preference training of this policy.
-    pub lr: f64,
-}
+    /// One line for logs and the REPL.
+    fn describe(&self) -> String;
 
-impl WorldConfig {
-    /// `default` (the one scripts run on) or `tiny` (seconds; for tests and the REPL).
-    pub fn preset(name: &str) -> Result<Self> {
-        let default = Self {
-            name: "default".into(),
-            seed: 0,
-            digits: 2,
-            eval_size: 500,
-            hidden: 64,
-            layers: 2,
-            heads: 4,
-            warmup: Warmup {
-                steps: 4000,
-                batch: 64,
-                lr: 3e-3,
-            },
-            sft_teacher: Teacher {
-                forget_carry: 0.6,
-                off_by_one: 0.05,
-                off_by_ten: 0.0,
-                swap_digits: 0.0,
-            },
-            pair_teacher: Teacher {
-                forget_carry: 0.3,
-                off_by_one: 0.15,
-                off_by_ten: 0.1,
-                swap_digits: 0.1,
-            },
-            pairs: 8000,
-            label_noise: 0.2,
-            annotator_noise: 0.25,
-            eval_temperature: 1.0,
-            lr: 1e-4,
-        };
-        match name {
-            "default" => Ok(default),
-            "tiny" => Ok(Self {
-                name: "tiny".into(),
-                eval_size: 64,
-                hidden: 32,
-                warmup: Warmup {
-                    steps: 40,
-                    batch: 32,
-                    lr: 3e-3,
-                },
-                pairs: 128,
-                ..default
-            }),
-            other => bail!("unknown world {other:?}: the built-in worlds are `default` and `tiny`"),
-        }
-    }
+    /// The offline preference pairs.
+    fn pairs(&self) -> &[Pair];
 
-    fn model_config(&self) -> Result<ModelConfig> {
-        ModelConfig::from_json(json!({
-            "architectures": ["LlamaForCausalLM"],
-            "vocab_size": vocab::size(),
-            "hidden_size": self.hidden,
-            "intermediate_size": self.hidden * 3,
-            "num_hidden_layers": self.layers,
-            "num_attention_heads": self.heads,
-            "num_key_value_heads": self.heads,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0,
-            "tie_word_embeddings": true,
-            "max_position_embeddings": 64,
-            "pad_token_id": 0, "eos_token_id": 1,
-        }))
-    }
+    fn train_prompts(&self) -> Vec<Text>;
 
-    /// Where the warmed-up policy is cached: one folder per configuration of what the warm-up
-    /// depends on (changing the pairs, noise or evaluation reuses it).
-    fn cache_path(&self) -> Result<PathBuf> {
-        let key = json!({
-            "format": FORMAT, "seed": self.seed, "digits": self.digits,
-            "eval_size": self.eval_size, "hidden": self.hidden, "layers": self.layers,
-            "heads": self.heads, "warmup": self.warmup, "sft_teacher": self.sft_teacher,
-        })
-        .to_string();
-        let hash = Sha256::digest(key.as_bytes());
-        let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-        Ok(cache_dir()?
-            .join("worlds")
-            .join(format!("{}-{hex}", self.name)))
-    }
-}
+    /// Held out from training.
+    fn eval_prompts(&self) -> Vec<Text>;
 
-/// Metrics of `World::evaluate`, averaged over the evaluation set.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Evaluation {
-    pub gold_reward: f64,
-    pub success: f64,
-    /// Fraction of prompts where the policy's answer beats the warm-up policy's (ties count half).
-    pub win_rate: f64,
-}
+    /// A learning rate that suits offline preference training of this world's policy.
+    fn lr(&self) -> f64;
 
-pub struct World {
-    pub config: WorldConfig,
-    pub tokenizer: TextTokenizer,
-    /// The warmed-up policy (frozen; `policy()` hands out trainable copies).
-    warm: CausalLm,
-    pub train: Vec<Problem>,
-    pub eval: Vec<Problem>,
-    pub pairs: Vec<Pair>,
-    /// Gold reward of the warm-up policy's answer to each evaluation prompt.
-    warm_eval: Vec<f64>,
-}
+    /// New tokens a response needs.
+    fn max_new_tokens(&self) -> usize;
 
-impl World {
-    /// Loads the cached warm-up for `config` or trains it (reporting `progress(step, total,
-    /// loss)`, which may stop it by returning an error), then builds the data. The policy lives on `device` in f32.
-    pub fn build(
-        config: WorldConfig,
-        device: &Device,
-        progress: &mut dyn FnMut(u64, u64, f64) -> Result<()>,
-    ) -> Result<Self> {
-        let tokenizer = vocab::tokenizer()?;
-        let (train, eval) = task::split(config.digits, config.eval_size, config.seed);
-        let dir = config.cache_path()?;
-        let warm = if dir.join(hf::WEIGHTS).exists() {
-            hf::load(&dir, device, DType::F32, false)
-                .with_context(|| format!("cached world in {}", dir.display()))?
-                .0
-        } else {
-            let model_config = config.model_config()?;
-            let weights = init::random_weights(&model_config, 0.02, config.seed)?;
-            let model = CausalLm::from_tensors(model_config, weights, "init", DType::F32, true)?;
-            let total = config.warmup.steps;
-            warmup::sft(
-                &model,
-                &tokenizer,
-                &train,
-                &config.sft_teacher,
-                &config.warmup,
-                config.seed,
-                &mut |step, loss| progress(step, total, loss),
-            )?;
-            // The cache is metaapo's own folder: a stale entry is replaced.
-            let saved = crate::atomic::write_dir(&dir, "world", Replace::SameKind, "", |tmp| {
-                hf::write_into(tmp, &model, Some(&tokenizer))?;
-                std::fs::write(
-                    tmp.join("world.json"),
-                    serde_json::to_string_pretty(&config)?,
-                )?;
-                Ok(())
-            });
-            // A concurrent run that built the same world first is as good as our own copy.
-            if saved.is_err() && !dir.join(hf::WEIGHTS).exists() {
-                saved?;
-            }
-            hf::load(&dir, device, DType::F32, false)?.0
-        };
-        let pairs = offline_pairs(&config, &train);
-        let mut world = Self {
-            config,
-            tokenizer,
-            warm,
-            train,
-            eval,
-            pairs,
-            warm_eval: vec![],
-        };
-        world.warm_eval = world.eval_rewards(&world.warm)?;
-        Ok(world)
-    }
+    /// A fresh trainable copy of the starting policy, sharing nothing with the world.
+    fn policy(&self) -> Result<Policy>;
 
-    /// A copy of the warmed-up policy; trainable copies share nothing with the world.
-    pub fn policy(&self, trainable: bool) -> Result<CausalLm> {
-        let tensors: HashMap<String, _> = self.warm.named_tensors().iter().cloned().collect();
-        CausalLm::from_tensors(
-            self.warm.config.clone(),
-            tensors,
-            "the world's policy",
-            DType::F32,
-            trainable,
-        )
-    }
+    /// The reward model that annotates online samples.
+    fn reward(&self) -> Rc<dyn RewardModel>;
 
-    pub fn train_prompts(&self) -> Vec<Text> {
-        self.train.iter().map(|p| Text::Plain(p.prompt())).collect()
-    }
+    /// The true reward, where the world knows it (evaluation only, never training data).
+    fn gold(&self) -> Option<Rc<dyn RewardModel>>;
 
-    pub fn eval_prompts(&self) -> Vec<Text> {
-        self.eval.iter().map(|p| Text::Plain(p.prompt())).collect()
-    }
-
-    /// The gold reward of `response` to a prompt of this world's task.
-    pub fn gold(&self, prompt: &str, response: &str) -> Result<f64> {
-        Ok(task::gold_reward(&problem(prompt)?, response))
-    }
-
-    /// The annotator's (noisy) reward.
-    pub fn annotator(&self, prompt: &str, response: &str) -> Result<f64> {
-        Ok(task::annotator_reward(
-            &problem(prompt)?,
-            response,
-            self.config.annotator_noise,
-            self.config.seed,
-        ))
-    }
-
-    /// Enough new tokens for any answer (digits, a carry, EOS) and a little slack.
-    pub fn max_new_tokens(&self) -> usize {
-        self.config.digits as usize + 3
-    }
-
-    /// Samples one answer per evaluation prompt (seeded the same way for every model, so
-    /// comparisons are paired) and scores them with the gold reward.
-    pub fn evaluate(&self, model: &CausalLm) -> Result<Evaluation> {
-        let rewards = self.eval_rewards(model)?;
-        let n = rewards.len() as f64;
-        Ok(Evaluation {
-            gold_reward: rewards.iter().sum::<f64>() / n,
-            success: rewards.iter().filter(|&&r| r == 1.0).count() as f64 / n,
-            win_rate: crate::reward::win_rate(&rewards, &self.warm_eval),
-        })
-    }
-
-    fn eval_rewards(&self, model: &CausalLm) -> Result<Vec<f64>> {
-        let prompts = self
-            .eval
-            .iter()
-            .map(|p| self.tokenizer.encode(&p.prompt()))
-            .collect::<Result<Vec<_>>>()?;
-        let cfg = SampleConfig {
-            max_new_tokens: self.max_new_tokens(),
-            temperature: self.config.eval_temperature,
-            seed: self.config.seed ^ 0xe7a1,
-            batch_size: 512,
-            ..SampleConfig::default()
-        };
-        let tok = &self.tokenizer;
-        generate(
-            model,
-            &prompts,
-            &Stop::tokens(&[tok.eos_token_id]),
-            tok.pad_token_id,
-            &cfg,
-        )?
-        .iter()
-        .map(|s| {
-            let text = tok.decode(&s.tokens, true)?;
-            Ok(task::gold_reward(&self.eval[s.prompt], &text))
-        })
-        .collect()
-    }
-}
-
-fn problem(prompt: &str) -> Result<Problem> {
-    Problem::parse(prompt).with_context(|| {
-        format!("{prompt:?} is not a prompt of the default world's task (like \"47+38=\")")
-    })
-}
-
-/// Two different answers from the pair teacher, ordered by the gold reward (ties at random),
-/// then swapped with probability `label_noise`.
-fn offline_pairs(config: &WorldConfig, train: &[Problem]) -> Vec<Pair> {
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x9a12);
-    let teacher = &config.pair_teacher;
-    (0..config.pairs)
-        .map(|i| {
-            let p = &train[i % train.len()];
-            let first = teacher.answer(p, &mut rng);
-            let mut second = teacher.answer(p, &mut rng);
-            for _ in 0..20 {
-                if second != first {
-                    break;
-                }
-                second = teacher.answer(p, &mut rng);
-            }
-            if second == first {
-                second = (p.answer() + 1).to_string();
-            }
-            let (g1, g2) = (task::gold_reward(p, &first), task::gold_reward(p, &second));
-            let first_better = g1 > g2 || (g1 == g2 && rng.random());
-            let flip = rng.random::<f64>() < config.label_noise;
-            let (chosen, rejected) = if first_better != flip {
-                (first, second)
-            } else {
-                (second, first)
-            };
-            Pair {
-                prompt: Text::Plain(p.prompt()),
-                chosen: Text::Plain(chosen),
-                rejected: Text::Plain(rejected),
-            }
-        })
-        .collect()
+    /// Named metrics (`eval/...`) of a policy on the evaluation prompts.
+    fn evaluate(&self, policy: &Policy) -> Result<Vec<(&'static str, f64)>>;
 }

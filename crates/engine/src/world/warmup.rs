@@ -6,9 +6,9 @@ use crate::data::encode::{encode, EncodeConfig, Text};
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::CausalLm;
 use crate::score::sequence_logps;
-use crate::train::grads::Gradients;
-use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::optimizer::AdamWConfig;
 use crate::train::schedule::{Schedule, ScheduleKind};
+use crate::train::Trainer;
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -38,7 +38,6 @@ pub fn sft(
         weight_decay: 0.01,
         ..AdamWConfig::default()
     };
-    let mut opt = AdamW::new(model.vars(), opt_cfg)?;
     let schedule = Schedule {
         kind: ScheduleKind::Cosine,
         lr: cfg.lr,
@@ -46,7 +45,7 @@ pub fn sft(
         total_steps: cfg.steps,
         min_lr_ratio: 0.1,
     };
-    let mut grads = Gradients::new();
+    let mut trainer = Trainer::new(model.vars(), opt_cfg, schedule, 1)?;
     for step in 0..cfg.steps {
         let seqs = (0..cfg.batch)
             .map(|_| {
@@ -63,9 +62,7 @@ pub fn sft(
         let tokens: usize = seqs.iter().map(|s| s.response_len()).sum();
         let lp = sequence_logps(model, &seqs, tok.pad_token_id)?;
         let loss = (lp.sum.sum_all()? / -(tokens as f64))?;
-        grads.clear();
-        grads.accumulate(&loss, model.vars())?;
-        opt.step(&grads, schedule.lr_at(step))?;
+        trainer.step(&loss)?;
         progress(step + 1, loss.to_scalar::<f32>()? as f64)?;
     }
     Ok(())

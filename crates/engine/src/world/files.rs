@@ -4,19 +4,19 @@
 //! reports the reward model's mean reward on the evaluation prompts and the win rate against the
 //! initial policy (greedy or seeded samples, the same prompts for both).
 
-use super::api_data::text_to_dynamic;
-use super::api_generate;
-use super::api_model::{policy_from, Policy};
-use super::api_reward::{load_reward, RewardModel};
-use super::run::Run;
+use super::World;
 use crate::data::encode::{render, Text};
 use crate::data::pairs::{located_pairs, located_prompts, Pair};
+use crate::generate::SampleConfig;
+use crate::policy::Policy;
+use crate::reward::RewardModel;
 use anyhow::{bail, Context, Result};
-use rhai::{Array, Dynamic, Map};
+use candle_core::Device;
 use serde::Deserialize;
 use serde_json::Value;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// `world.json`: paths are relative to the file; `policy` may also be "smollm2", `reward` a
 /// directory written by `rm.save`.
@@ -73,11 +73,10 @@ impl WorldSpec {
         Ok(spec)
     }
 
-    /// A spec from a script map with the same keys.
-    pub fn from_map(m: &Map) -> Result<Self> {
-        let json: Value = super::api_report::to_json(&Dynamic::from_map(m.clone()));
-        let spec: Self = crate::textfile::from_value(json).context("world options")?;
-        spec.validate().context("world options")?;
+    /// A spec from a JSON object with the same keys (paths as given).
+    pub fn from_value(json: Value) -> Result<Self> {
+        let spec: Self = crate::textfile::from_value(json)?;
+        spec.validate()?;
         Ok(spec)
     }
 
@@ -102,9 +101,10 @@ impl WorldSpec {
 pub struct FileWorld {
     pub name: String,
     pub spec: WorldSpec,
+    device: Device,
     /// The initial policy, frozen: the win-rate baseline.
     initial: Policy,
-    pub reward: RewardModel,
+    reward: Rc<dyn RewardModel>,
     pub pairs: Vec<Pair>,
     pub prompts: Vec<Text>,
     pub eval: Vec<Text>,
@@ -113,10 +113,11 @@ pub struct FileWorld {
 }
 
 impl FileWorld {
-    pub fn open(run: &Run, name: &str, spec: WorldSpec) -> Result<Self> {
-        let initial = policy_from(run, &spec.policy, false)?;
-        let reward = load_reward(run, &spec.reward)
-            .with_context(|| format!("the world's reward {:?}", spec.reward))?;
+    pub fn open(name: &str, spec: WorldSpec, device: &Device) -> Result<Self> {
+        let initial = Policy::load(&spec.policy, device, false)?;
+        let reward: Rc<dyn RewardModel> = crate::reward::load(&spec.reward, device)
+            .with_context(|| format!("the world's reward {:?}", spec.reward))?
+            .into();
         let pairs = located_pairs(Path::new(&spec.pairs))?;
         let prompts = match &spec.prompts {
             Some(p) => located_prompts(Path::new(p))?,
@@ -142,7 +143,7 @@ impl FileWorld {
             }
         }
         // Every example must render with the policy's chat template now, not at its first use.
-        let tok = &initial.0.tokenizer;
+        let tok = initial.tokenizer();
         let template = |at: &str| format!("{at}: the policy's chat template");
         for (at, p) in &pairs {
             for response in [&p.chosen, &p.rejected] {
@@ -158,6 +159,7 @@ impl FileWorld {
         Ok(Self {
             name: name.to_string(),
             spec,
+            device: device.clone(),
             initial,
             reward,
             pairs,
@@ -167,38 +169,75 @@ impl FileWorld {
         })
     }
 
-    /// A fresh trainable copy of the initial policy, read again from its files.
-    pub fn policy(&self, run: &Run) -> Result<Policy> {
-        policy_from(run, &self.spec.policy, true)
-    }
-
     /// The reward model's rewards of one answer per evaluation prompt (not counted as
     /// annotations: evaluation is not training data).
     fn eval_rewards(&self, policy: &Policy) -> Result<Vec<f64>> {
-        let prompts: Array = self.eval.iter().map(text_to_dynamic).collect();
-        let mut opts = Map::new();
-        opts.insert(
-            "temperature".into(),
-            Dynamic::from_float(self.spec.eval_temperature),
-        );
-        opts.insert(
-            "max_new_tokens".into(),
-            Dynamic::from_int(self.spec.max_new_tokens as i64),
-        );
-        let samples = api_generate::run(policy, &prompts, &opts)
-            .map_err(|e| anyhow::anyhow!("evaluate: {e}"))?;
-        let responses: Vec<Text> = samples
-            .iter()
-            .map(|s| {
-                let m = s.read_lock::<Map>().expect("generate returns maps");
-                Text::Plain(m["response"].to_string())
-            })
+        let cfg = SampleConfig {
+            temperature: self.spec.eval_temperature,
+            max_new_tokens: self.spec.max_new_tokens,
+            ..SampleConfig::default()
+        };
+        let responses: Vec<Text> = policy
+            .generate(&self.eval, &cfg, &[])
+            .context("evaluate")?
+            .into_iter()
+            .map(|c| Text::Plain(c.text))
             .collect();
         self.reward.rewards(&self.eval, &responses)
     }
+}
 
-    /// `eval/reward` (mean reward-model score) and `eval/win_rate` against the initial policy.
-    pub fn evaluate(&self, policy: &Policy) -> Result<Map> {
+impl World for FileWorld {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}: policy {}, {} offline pairs, {} prompts, {} eval prompts",
+            self.name,
+            self.spec.policy,
+            self.pairs.len(),
+            self.prompts.len(),
+            self.eval.len()
+        )
+    }
+
+    fn pairs(&self) -> &[Pair] {
+        &self.pairs
+    }
+
+    fn train_prompts(&self) -> Vec<Text> {
+        self.prompts.clone()
+    }
+
+    fn eval_prompts(&self) -> Vec<Text> {
+        self.eval.clone()
+    }
+
+    fn lr(&self) -> f64 {
+        self.spec.lr
+    }
+
+    fn max_new_tokens(&self) -> usize {
+        self.spec.max_new_tokens
+    }
+
+    /// Read again from its files.
+    fn policy(&self) -> Result<Policy> {
+        Policy::load(&self.spec.policy, &self.device, true)
+    }
+
+    fn reward(&self) -> Rc<dyn RewardModel> {
+        self.reward.clone()
+    }
+
+    fn gold(&self) -> Option<Rc<dyn RewardModel>> {
+        None
+    }
+
+    /// `eval/reward` (the reward model's mean) and `eval/win_rate` against the initial policy.
+    fn evaluate(&self, policy: &Policy) -> Result<Vec<(&'static str, f64)>> {
         if self.baseline.borrow().is_none() {
             let b = self.eval_rewards(&self.initial)?;
             *self.baseline.borrow_mut() = Some(b);
@@ -206,14 +245,11 @@ impl FileWorld {
         let rewards = self.eval_rewards(policy)?;
         let baseline = self.baseline.borrow();
         let baseline = baseline.as_ref().expect("computed above");
-        let mut m = Map::new();
         let mean = rewards.iter().sum::<f64>() / rewards.len() as f64;
-        m.insert("eval/reward".into(), Dynamic::from_float(mean));
-        m.insert(
-            "eval/win_rate".into(),
-            Dynamic::from_float(crate::reward::win_rate(&rewards, baseline)),
-        );
-        Ok(m)
+        Ok(vec![
+            ("eval/reward", mean),
+            ("eval/win_rate", crate::reward::win_rate(&rewards, baseline)),
+        ])
     }
 }
 

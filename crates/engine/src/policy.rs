@@ -1,0 +1,241 @@
+//! A policy as training loops hold it: a decoder with its tokenizer and encoding rules. A
+//! trainable policy is scored with gradients; a frozen one (a reference) caches the log-probs of
+//! every sequence it has scored, so each is computed once. Scoring pairs, log-probs of texts and
+//! generation all go through here.
+
+use crate::data::encode::{encode, keep_last, render, EncodeConfig, EncodedSeq, Text};
+use crate::data::pairs::Pair;
+use crate::fetch;
+use crate::generate::{cut_at_stop, generate, SampleConfig, Stop};
+use crate::model::tokenizer::TextTokenizer;
+use crate::model::{load_pretrained, CausalLm};
+use crate::score::{sequence_logps, PairLogps, Scores, SeqLogps};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// An encoded sequence: token ids and prompt length.
+type SeqKey = (Vec<u32>, usize);
+
+/// Frozen models score the sequences they have not seen in chunks of this many.
+const CACHE_CHUNK: usize = 64;
+
+struct Inner {
+    model: CausalLm,
+    tokenizer: TextTokenizer,
+    encode: EncodeConfig,
+    name: String,
+    /// Summed and mean response log-prob per encoded sequence, for frozen models only.
+    cache: RefCell<HashMap<SeqKey, (f64, f64)>>,
+}
+
+/// Cheap to clone: clones share the model (and so its trainable weights).
+#[derive(Clone)]
+pub struct Policy(Rc<Inner>);
+
+/// One generated response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The index of its prompt.
+    pub prompt: usize,
+    pub text: String,
+    pub tokens: Vec<u32>,
+    /// Whether a stop token or string ended it (rather than `max_new_tokens`).
+    pub finished: bool,
+}
+
+impl Policy {
+    pub fn new(model: CausalLm, tokenizer: TextTokenizer, name: &str) -> Self {
+        let encode = EncodeConfig::for_context(model.config.max_position_embeddings);
+        Self(Rc::new(Inner {
+            model,
+            tokenizer,
+            encode,
+            name: name.to_string(),
+            cache: RefCell::new(HashMap::new()),
+        }))
+    }
+
+    /// A policy from a HF directory, a `.gguf` file, or "smollm2" (fetched), in f32.
+    pub fn load(path: &str, device: &Device, trainable: bool) -> Result<Self> {
+        let file = if path == "smollm2" {
+            fetch::ensure(&fetch::SMOLLM2)?.join(fetch::SMOLLM2_GGUF)
+        } else {
+            PathBuf::from(path)
+        };
+        let (model, tok) = load_pretrained(&file, device, DType::F32, trainable)?;
+        let tok = tok.with_context(|| format!("{path} has no tokenizer (tokenizer.json)"))?;
+        Ok(Self::new(model, tok, path))
+    }
+
+    pub fn model(&self) -> &CausalLm {
+        &self.0.model
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.0.tokenizer
+    }
+
+    pub fn encode_config(&self) -> &EncodeConfig {
+        &self.0.encode
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// A frozen copy that shares nothing mutable with this one.
+    pub fn frozen(&self) -> Result<Self> {
+        Ok(Self::new(
+            self.0.model.frozen()?,
+            self.0.tokenizer.clone(),
+            &format!("{} (frozen)", self.0.name),
+        ))
+    }
+
+    /// Token ids that end a generation: the tokenizer's EOS and the config's `eos_token_id`s.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut ids = vec![self.0.tokenizer.eos_token_id];
+        ids.extend(&self.0.model.config.eos_token_ids);
+        ids.dedup();
+        ids
+    }
+
+    /// Prompt/response pairs encoded with this policy's template and truncation.
+    pub fn encode(&self, prompts: &[&Text], responses: &[&Text]) -> Result<Vec<EncodedSeq>> {
+        prompts
+            .iter()
+            .zip(responses)
+            .map(|(x, y)| encode(&self.0.tokenizer, x, y, &self.0.encode))
+            .collect()
+    }
+
+    /// Log-probs of `seqs`: one differentiable forward for a trainable model; for a frozen one,
+    /// cached values, computing only the sequences not seen before.
+    pub fn seq_logps(&self, seqs: &[EncodedSeq]) -> Result<SeqLogps> {
+        let model = &self.0.model;
+        let pad = self.0.tokenizer.pad_token_id;
+        if model.is_trainable() {
+            return sequence_logps(model, seqs, pad);
+        }
+        let key = |s: &EncodedSeq| (s.ids.clone(), s.prompt_len);
+        let missing: Vec<EncodedSeq> = {
+            let cache = self.0.cache.borrow();
+            let mut seen = HashSet::new();
+            seqs.iter()
+                .filter(|s| !cache.contains_key(&key(s)) && seen.insert(key(s)))
+                .cloned()
+                .collect()
+        };
+        let values = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
+        for chunk in missing.chunks(CACHE_CHUNK) {
+            let lp = sequence_logps(model, chunk, pad)?;
+            let (sums, means) = (values(&lp.sum)?, values(&lp.mean)?);
+            let mut cache = self.0.cache.borrow_mut();
+            for (i, s) in chunk.iter().enumerate() {
+                cache.insert(key(s), (sums[i], means[i]));
+            }
+        }
+        let cache = self.0.cache.borrow();
+        let (sums, means): (Vec<f64>, Vec<f64>) = seqs.iter().map(|s| cache[&key(s)]).unzip();
+        let dev = model.device();
+        let wide = |v: Vec<f64>| Tensor::new(v, dev)?.to_dtype(DType::F32);
+        Ok(SeqLogps {
+            sum: wide(sums)?,
+            mean: wide(means)?,
+            lengths: seqs.iter().map(|s| s.response_len()).collect(),
+        })
+    }
+
+    /// Summed and mean log-probs of each response given its prompt.
+    pub fn logps(&self, prompts: &[Text], responses: &[Text]) -> Result<SeqLogps> {
+        if prompts.len() != responses.len() || prompts.is_empty() {
+            anyhow::bail!(
+                "{} prompts but {} responses (need the same, at least one)",
+                prompts.len(),
+                responses.len()
+            );
+        }
+        let seqs = self.encode(
+            &prompts.iter().collect::<Vec<_>>(),
+            &responses.iter().collect::<Vec<_>>(),
+        )?;
+        self.seq_logps(&seqs)
+    }
+
+    /// `cfg.n` responses per prompt, prompt by prompt. Each prompt is rendered with the chat
+    /// template and keeps its last `max_prompt_length` tokens, the part the policy is trained
+    /// on; a response ends at a stop token or at the first of `stop` (cut off).
+    pub fn generate(
+        &self,
+        prompts: &[Text],
+        cfg: &SampleConfig,
+        stop: &[String],
+    ) -> Result<Vec<Completion>> {
+        let tok = &self.0.tokenizer;
+        let keep = self.0.encode.max_prompt_length;
+        let ids = prompts
+            .iter()
+            .map(|t| {
+                let (prompt, _) = render(tok, t, &Text::Plain(String::new()))?;
+                Ok(keep_last(tok.encode(&prompt)?, keep))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stop_tokens = self.stop_tokens();
+        let rule = Stop {
+            tokens: &stop_tokens,
+            strings: stop,
+            tokenizer: Some(tok),
+        };
+        generate(&self.0.model, &ids, &rule, tok.pad_token_id, cfg)?
+            .into_iter()
+            .map(|s| {
+                let (text, _) = cut_at_stop(&tok.decode(&s.tokens, true)?, stop);
+                Ok(Completion {
+                    prompt: s.prompt,
+                    text,
+                    tokens: s.tokens,
+                    finished: s.finished,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Log-probs of the pairs' chosen and rejected responses under the policy (differentiable when
+/// it is trainable) and the reference, and the implicit-reward margin Δ.
+pub fn score(policy: &Policy, reference: &Policy, pairs: &[Pair]) -> Result<Scores> {
+    if pairs.is_empty() {
+        anyhow::bail!("no pairs to score");
+    }
+    let prompts: Vec<&Text> = pairs.iter().map(|p| &p.prompt).collect();
+    let chosen: Vec<&Text> = pairs.iter().map(|p| &p.chosen).collect();
+    let rejected: Vec<&Text> = pairs.iter().map(|p| &p.rejected).collect();
+    let n = pairs.len();
+    let both = |p: &Policy| -> Result<PairLogps> {
+        let seqs = [p.encode(&prompts, &chosen)?, p.encode(&prompts, &rejected)?].concat();
+        PairLogps::split(p.seq_logps(&seqs)?, n)
+    };
+    Scores::new(both(policy)?, both(reference)?)
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = &self.0.model;
+        write!(
+            f,
+            "Policy({}: {} layers, {} parameters, {})",
+            self.0.name,
+            m.config.num_hidden_layers,
+            m.num_parameters(),
+            if m.is_trainable() {
+                "trainable"
+            } else {
+                "frozen"
+            }
+        )
+    }
+}
