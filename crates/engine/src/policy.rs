@@ -79,14 +79,6 @@ impl Policy {
         &self.0.tokenizer
     }
 
-    pub fn encode_config(&self) -> &EncodeConfig {
-        &self.0.encode
-    }
-
-    pub fn name(&self) -> &str {
-        &self.0.name
-    }
-
     /// A frozen copy that shares nothing mutable with this one.
     pub fn frozen(&self) -> Result<Self> {
         Ok(Self::new(
