@@ -3,78 +3,14 @@
 //! messages for conversational data (TRL's layout).
 
 use super::registry::{error, fail, Family, Res};
-use crate::data::encode::Text;
-use crate::data::pairs::{load_pairs, load_prompts, Pair, ROLES};
-use crate::model::template::Message;
+use super::types::Pairs;
+use super::values::{dynamic_to_text, text_to_dynamic};
+use crate::data::pairs::{load_pairs, load_prompts, Pair};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rhai::{Array, Dynamic, Map};
 use std::path::Path;
-use std::rc::Rc;
-
-#[derive(Clone)]
-pub struct Pairs(pub Rc<Vec<Pair>>);
-
-impl std::fmt::Display for Pairs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Pairs({})", self.0.len())
-    }
-}
-
-impl Pairs {
-    pub fn new(pairs: Vec<Pair>) -> Self {
-        Self(Rc::new(pairs))
-    }
-}
-
-pub fn text_to_dynamic(t: &Text) -> Dynamic {
-    match t {
-        Text::Plain(s) => s.clone().into(),
-        Text::Chat(msgs) => {
-            let arr: Array = msgs
-                .iter()
-                .map(|m| {
-                    let mut map = Map::new();
-                    map.insert("role".into(), m.role.clone().into());
-                    map.insert("content".into(), m.content.clone().into());
-                    map.into()
-                })
-                .collect();
-            arr.into()
-        }
-    }
-}
-
-pub fn dynamic_to_text(v: &Dynamic, what: &str) -> Res<Text> {
-    if v.is_string() {
-        return Ok(Text::Plain(v.to_string()));
-    }
-    if let Some(arr) = v.read_lock::<Array>() {
-        return arr
-            .iter()
-            .map(|m| {
-                let map = m.read_lock::<Map>();
-                let field = |k: &str| map.as_ref().and_then(|m| m.get(k)).map(|v| v.to_string());
-                match (field("role"), field("content")) {
-                    (Some(role), Some(_)) if !ROLES.contains(&role.as_str()) => {
-                        Err(error(format!(
-                            "{what}: {role:?} is not a chat role (one of {})",
-                            ROLES.join(", ")
-                        )))
-                    }
-                    (Some(role), Some(content)) => Ok(Message::new(&role, &content)),
-                    _ => Err(error(format!("{what}: messages need `role` and `content`"))),
-                }
-            })
-            .collect::<Res<Vec<_>>>()
-            .map(Text::Chat);
-    }
-    Err(error(format!(
-        "{what}: expected a string or an array of #{{role, content}} messages, got {}",
-        v.type_name()
-    )))
-}
 
 fn pair_to_map(p: &Pair) -> Map {
     let mut m = Map::new();

@@ -1,8 +1,8 @@
 //! generate: sampling from a policy (batched, KV cache; greedy at temperature 0).
 
-use super::api_data::dynamic_to_text;
 use super::opts::{defaults, Opts};
 use super::registry::{error, fail, Family, Res};
+use super::values::dynamic_to_text;
 use crate::generate::SampleConfig;
 use crate::policy::Policy;
 use rhai::{Array, Dynamic, Map};

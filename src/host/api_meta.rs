@@ -5,38 +5,12 @@ use super::api_tensor::numbers;
 use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use super::run::Run;
+use super::types::{Learner, MetaBuffer};
 use crate::meta::{self, MetaConfig, MetaInit, MetaLearner};
 use candle_core::DType;
 use rhai::{Array, Dynamic, Map};
 use std::cell::RefCell;
 use std::rc::Rc;
-
-#[derive(Clone)]
-pub struct Learner(pub Rc<RefCell<MetaLearner>>);
-
-impl std::fmt::Display for Learner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let l = self.0.borrow();
-        write!(
-            f,
-            "MetaLearner(1 -> {} -> 1, {:?} init, {} updates)",
-            l.config.hidden,
-            l.config.init,
-            l.steps()
-        )
-    }
-}
-
-/// The engine's meta-buffer as scripts hold it: shared, so `push` inside a helper is seen by
-/// its caller.
-#[derive(Clone, Default)]
-pub struct MetaBuffer(Rc<RefCell<meta::MetaBuffer>>);
-
-impl std::fmt::Display for MetaBuffer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MetaBuffer({} examples)", self.0.borrow().len())
-    }
-}
 
 fn build(run: &Run, opts: &Map) -> Res<Learner> {
     let o = Opts::new("meta_learner options", opts);

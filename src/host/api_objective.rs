@@ -3,10 +3,10 @@
 //! metrics }`: the scalar loss, the per-pair losses and TRL-named metrics for `log`. Options are
 //! the engine configs' fields, with the defaults those configs state.
 
-use super::api_score::ScoresValue;
 use super::api_tensor::{numbers, Tensor};
 use super::opts::{defaults, Opts};
 use super::registry::{fail, Family, Res};
+use super::types::ScoresValue;
 use crate::objective::{
     self, DpoConfig, IpoConfig, KtoConfig, LossOutput, SelmConfig, SimpoConfig,
 };

@@ -2,26 +2,16 @@
 //! Llama-family sequence classifier, a BERT encoder with a Bradley-Terry head), each call
 //! counted as the run's `online/annotations`.
 
-use super::api_data::{dynamic_to_text, text_to_dynamic, Pairs};
-use super::api_world::WorldHandle;
 use super::opts::{defaults, number, replace_rule, Opts, OVERWRITE_HINT};
 use super::registry::{error, fail, Family, Res};
 use super::run::Run;
+use super::types::{Pairs, RewardModel, WorldHandle};
+use super::values::{dynamic_to_text, text_to_dynamic};
 use crate::data::encode::Text;
 use crate::reward::bradley_terry::FitConfig;
 use crate::reward::{self, HeadReward};
 use rhai::{Array, Dynamic, FnPtr, Map, NativeCallContext};
 use std::rc::Rc;
-
-/// The engine's reward models as scripts hold them.
-#[derive(Clone)]
-pub struct RewardModel(pub Rc<dyn reward::RewardModel>);
-
-impl std::fmt::Display for RewardModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RewardModel({})", self.0.describe())
-    }
-}
 
 fn texts(items: &Array, what: &str) -> Res<Vec<Text>> {
     items.iter().map(|v| dynamic_to_text(v, what)).collect()

@@ -2,22 +2,13 @@
 //! (cached per sequence, computed once), and the implicit-reward margin Δ, as a `Scores` value
 //! the objectives read.
 
-use super::api_data::{dynamic_to_text, Pairs};
 use super::api_tensor::Tensor;
 use super::registry::{fail, Family, Res};
+use super::types::{Pairs, ScoresValue};
+use super::values::dynamic_to_text;
 use crate::policy::{self, Policy};
 use crate::score::{PairLogps, Scores, SeqLogps};
 use rhai::{Array, Map};
-
-/// `Scores` as scripts hold it.
-#[derive(Clone)]
-pub struct ScoresValue(pub std::rc::Rc<Scores>);
-
-impl std::fmt::Display for ScoresValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Scores({} pairs)", self.0.n)
-    }
-}
 
 fn seq_map(lp: SeqLogps) -> Map {
     let mut m = Map::new();

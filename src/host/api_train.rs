@@ -2,39 +2,21 @@
 //! and checkpoints. `opt.step(loss)` backpropagates; every `accumulate` calls it updates the
 //! weights and returns `#{ grad_norm, learning_rate }` (an empty map while accumulating).
 
-use super::api_meta::Learner;
 use super::api_tensor::Tensor;
 use super::opts::{defaults, Opts};
 use super::registry::{error, fail, Family, Res};
 use super::run::Run;
+use super::types::{Learner, Optimizer, OptimizerInner};
 use super::values::{from_json, to_json};
 use crate::meta::MetaLearner;
 use crate::model::hf;
 use crate::policy::Policy;
 use crate::train::checkpoint::{self, RngState, TrainerState};
-use crate::train::{Trainer, TrainerConfig};
+use crate::train::TrainerConfig;
 use rhai::{Dynamic, Map};
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
-
-pub struct OptimizerInner {
-    trainer: Trainer,
-    policy: Policy,
-}
-
-#[derive(Clone)]
-pub struct Optimizer(pub Rc<RefCell<OptimizerInner>>);
-
-impl std::fmt::Display for Optimizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Optimizer(AdamW, {} steps)",
-            self.0.borrow().trainer.steps()
-        )
-    }
-}
 
 fn build(policy: Policy, opts: &Map) -> Res<Optimizer> {
     if !policy.model().is_trainable() {

@@ -2,11 +2,11 @@
 //! gold and annotator rewards, noisy off-policy pairs and an evaluation set), worlds from files
 //! (`file_world`), and `evaluate`.
 
-use super::api_data::{text_to_dynamic, Pairs};
 use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use super::run::{interrupted, Run};
-use super::values::to_json;
+use super::types::{Pairs, WorldHandle};
+use super::values::{text_to_dynamic, to_json};
 use crate::data::encode::Text;
 use crate::policy::Policy;
 use crate::world::{self, BuiltinWorld, FileWorld, WorldConfig, WorldSpec};
@@ -14,16 +14,6 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rhai::{Array, Dynamic, Map};
 use std::rc::Rc;
-
-/// The engine's worlds as scripts hold them.
-#[derive(Clone)]
-pub struct WorldHandle(pub Rc<dyn world::World>);
-
-impl std::fmt::Display for WorldHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "World({})", self.0.describe())
-    }
-}
 
 /// A world opened once per run: later calls with the same key get the same world.
 fn cached(

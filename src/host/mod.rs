@@ -22,6 +22,7 @@ pub mod repl;
 pub mod resolver;
 pub mod run;
 pub mod script_help;
+pub mod types;
 pub mod values;
 
 use registry::{Family, FnDoc};
@@ -61,25 +62,25 @@ pub fn describe(v: &Dynamic) -> String {
     if let Some(p) = v.clone().try_cast::<crate::policy::Policy>() {
         return p.to_string();
     }
-    if let Some(s) = v.clone().try_cast::<api_score::ScoresValue>() {
+    if let Some(s) = v.clone().try_cast::<types::ScoresValue>() {
         return s.to_string();
     }
-    if let Some(p) = v.clone().try_cast::<api_data::Pairs>() {
+    if let Some(p) = v.clone().try_cast::<types::Pairs>() {
         return p.to_string();
     }
-    if let Some(w) = v.clone().try_cast::<api_world::WorldHandle>() {
+    if let Some(w) = v.clone().try_cast::<types::WorldHandle>() {
         return w.to_string();
     }
-    if let Some(r) = v.clone().try_cast::<api_reward::RewardModel>() {
+    if let Some(r) = v.clone().try_cast::<types::RewardModel>() {
         return r.to_string();
     }
-    if let Some(l) = v.clone().try_cast::<api_meta::Learner>() {
+    if let Some(l) = v.clone().try_cast::<types::Learner>() {
         return l.to_string();
     }
-    if let Some(b) = v.clone().try_cast::<api_meta::MetaBuffer>() {
+    if let Some(b) = v.clone().try_cast::<types::MetaBuffer>() {
         return b.to_string();
     }
-    if let Some(o) = v.clone().try_cast::<api_train::Optimizer>() {
+    if let Some(o) = v.clone().try_cast::<types::Optimizer>() {
         return o.to_string();
     }
     // A one-line string is quoted, so "" and " " show; a multi-line one (a summary, a table)

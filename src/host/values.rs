@@ -1,7 +1,11 @@
-//! Script values as JSON and back: what `log`, `params.json`, checkpoints' state and option maps
-//! over engine configs go through.
+//! Script values to engine values and back: texts (a string, or `#{role, content}` messages),
+//! and JSON, which `log`, `params.json`, checkpoints' state and option maps go through.
 
 use super::api_tensor::Tensor;
+use super::registry::{error, Res};
+use crate::data::encode::Text;
+use crate::data::pairs::ROLES;
+use crate::model::template::Message;
 use rhai::{Array, Dynamic, Map};
 use serde_json::Value;
 
@@ -49,4 +53,52 @@ pub fn from_json(v: &Value) -> anyhow::Result<Dynamic> {
 
 pub fn map_to_json(m: &Map) -> serde_json::Map<String, Value> {
     m.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect()
+}
+
+pub fn text_to_dynamic(t: &Text) -> Dynamic {
+    match t {
+        Text::Plain(s) => s.clone().into(),
+        Text::Chat(msgs) => {
+            let arr: Array = msgs
+                .iter()
+                .map(|m| {
+                    let mut map = Map::new();
+                    map.insert("role".into(), m.role.clone().into());
+                    map.insert("content".into(), m.content.clone().into());
+                    map.into()
+                })
+                .collect();
+            arr.into()
+        }
+    }
+}
+
+pub fn dynamic_to_text(v: &Dynamic, what: &str) -> Res<Text> {
+    if v.is_string() {
+        return Ok(Text::Plain(v.to_string()));
+    }
+    if let Some(arr) = v.read_lock::<Array>() {
+        return arr
+            .iter()
+            .map(|m| {
+                let map = m.read_lock::<Map>();
+                let field = |k: &str| map.as_ref().and_then(|m| m.get(k)).map(|v| v.to_string());
+                match (field("role"), field("content")) {
+                    (Some(role), Some(_)) if !ROLES.contains(&role.as_str()) => {
+                        Err(error(format!(
+                            "{what}: {role:?} is not a chat role (one of {})",
+                            ROLES.join(", ")
+                        )))
+                    }
+                    (Some(role), Some(content)) => Ok(Message::new(&role, &content)),
+                    _ => Err(error(format!("{what}: messages need `role` and `content`"))),
+                }
+            })
+            .collect::<Res<Vec<_>>>()
+            .map(Text::Chat);
+    }
+    Err(error(format!(
+        "{what}: expected a string or an array of #{{role, content}} messages, got {}",
+        v.type_name()
+    )))
 }
