@@ -2,7 +2,8 @@
 //! Llama-family sequence classifier, a BERT encoder with a Bradley-Terry head), each call
 //! counted as the run's `online/annotations`.
 
-use super::opts::{defaults, number, replace_rule, Opts, OVERWRITE_HINT};
+use super::api_tensor::number;
+use super::opts::{defaults, replace_rule, Opts, OVERWRITE_HINT};
 use super::registry::{error, fail, Family, Res};
 use super::run::Run;
 use super::types::{Pairs, RewardModel, WorldHandle};

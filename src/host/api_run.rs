@@ -49,7 +49,7 @@ fn parse(key: &str, text: &str, default: &Dynamic) -> Res<Dynamic> {
 }
 
 /// What `params` stops a script with under `--help`, once it has recorded the defaults.
-pub const HELP_STOP: &str = "stopped after params() for --help";
+const HELP_STOP: &str = "stopped after params() for --help";
 
 fn params(run: &Run, defaults: Map) -> Res<Map> {
     run.params_read.set(true);

@@ -1,7 +1,7 @@
 //! Option maps (`#{ beta: 0.1, ... }`) read with types and defaults; a key nobody read is an
 //! error that lists the known keys, so a typo never silently falls back to a default.
 
-pub use super::api_tensor::number;
+use super::api_tensor::number;
 use super::registry::{error, Res};
 use crate::atomic::Replace;
 use rhai::{Dynamic, Map};
@@ -72,9 +72,7 @@ impl<'a> Opts<'a> {
     /// An engine config: its defaults (`T::default()`, the one place they are written) with
     /// the keys of the map that name its fields put over them, each checked against its type.
     pub fn config<T: Default + Serialize + DeserializeOwned>(&self) -> Res<T> {
-        let Value::Object(mut fields) = to_value(&T::default()) else {
-            unreachable!("configs serialize to objects")
-        };
+        let mut fields = default_fields::<T>();
         for (key, slot) in fields.iter_mut() {
             self.known.borrow_mut().push(key.clone());
             if let Some(v) = self.map.get(key.as_str()) {
@@ -121,10 +119,7 @@ impl<'a> Opts<'a> {
 
 /// A config's fields and defaults as `metaapo api` shows them: `beta (0.1), rpo_alpha (off)`.
 pub fn defaults<T: Default + Serialize>() -> String {
-    let Value::Object(fields) = to_value(&T::default()) else {
-        unreachable!("configs serialize to objects")
-    };
-    fields
+    default_fields::<T>()
         .iter()
         .map(|(k, v)| match v {
             Value::Null => format!("{k} (off)"),
@@ -135,8 +130,12 @@ pub fn defaults<T: Default + Serialize>() -> String {
         .join(", ")
 }
 
-fn to_value<T: Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).expect("configs serialize")
+/// `T::default()`'s fields, by name, as JSON.
+fn default_fields<T: Default + Serialize>() -> serde_json::Map<String, Value> {
+    match serde_json::to_value(T::default()) {
+        Ok(Value::Object(fields)) => fields,
+        _ => unreachable!("configs serialize to objects"),
+    }
 }
 
 /// What a refused script save tells the user to do.
