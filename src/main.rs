@@ -254,7 +254,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 serde_json::to_string_pretty(&host.docs)?
             } else {
                 let mut text = String::new();
-                for family in FAMILIES {
+                for (family, _) in FAMILIES {
                     text += &format!("## {family}\n");
                     for d in host.docs.iter().filter(|d| d.family == family) {
                         text += &format!("  {}{}\n      {}\n", d.name, d.signature, d.doc);

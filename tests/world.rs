@@ -69,12 +69,12 @@ fn teachers_make_their_mistakes_at_their_rates() {
 
 #[test]
 fn split_is_disjoint_and_seeded() {
-    let (train, eval) = split(2, 500, 0);
+    let (train, eval) = split(100, 500, 0);
     assert_eq!((train.len(), eval.len()), (9500, 500));
     let held: std::collections::HashSet<_> = eval.iter().collect();
     assert!(train.iter().all(|p| !held.contains(p)));
-    assert_eq!(split(2, 500, 0).1, eval);
-    assert_ne!(split(2, 500, 1).1, eval);
+    assert_eq!(split(100, 500, 0).1, eval);
+    assert_ne!(split(100, 500, 1).1, eval);
 }
 
 #[test]

@@ -148,7 +148,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "World",
         "lr",
         "float",
-        "The learning rate offline DPO uses on this world; the online scripts set their own (1e-5 by default), as their online part is unstable at this one.",
+        "The learning rate offline DPO uses on this world; the online scripts set their own, as their online part is unstable at this one.",
         |w: &mut WorldHandle| w.0.lr(),
     );
     api.getter(

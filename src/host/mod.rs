@@ -38,20 +38,27 @@ pub struct Host {
     pub sources: Sources,
 }
 
-/// The API families, in the order `metaapo api` lists them.
-pub const FAMILIES: [&str; 12] = [
-    "model",
-    "data",
-    "score",
-    "generate",
-    "reward",
-    "objective",
-    "meta",
-    "tensor",
-    "train",
-    "report",
-    "run",
-    "world",
+/// Registers one family's functions; a family that needs no run state ignores it.
+type Register = fn(&mut Family, &Rc<Run>);
+
+/// The API families with their registrations, in the order `metaapo api` lists them.
+pub const FAMILIES: [(&str, Register); 12] = [
+    ("model", api_model::register),
+    ("data", |api, _| api_data::register(api)),
+    ("score", |api, _| api_score::register(api)),
+    ("generate", |api, _| api_generate::register(api)),
+    ("reward", api_reward::register),
+    ("objective", |api, _| api_objective::register(api)),
+    ("meta", api_meta::register),
+    ("tensor", |api, _| api_tensor::register(api)),
+    ("train", api_train::register),
+    ("report", api_report::register),
+    ("run", |api, run| {
+        api_run::register(api, run, |run, name, text| {
+            Host::new(run).run_script(name, text)
+        })
+    }),
+    ("world", api_world::register),
 ];
 
 /// How the REPL shows a value: host types by their description, a tensor with its histogram.
@@ -118,25 +125,8 @@ impl Host {
         });
         engine.on_progress(|_| interrupted().then(|| Dynamic::from("interrupted")));
         let mut docs = Vec::new();
-        for family in FAMILIES {
-            let mut api = Family::new(&mut engine, &mut docs, family);
-            match family {
-                "model" => api_model::register(&mut api, &run),
-                "data" => api_data::register(&mut api),
-                "score" => api_score::register(&mut api),
-                "generate" => api_generate::register(&mut api),
-                "reward" => api_reward::register(&mut api, &run),
-                "objective" => api_objective::register(&mut api),
-                "meta" => api_meta::register(&mut api, &run),
-                "tensor" => api_tensor::register(&mut api),
-                "train" => api_train::register(&mut api, &run),
-                "report" => api_report::register(&mut api, &run),
-                "run" => api_run::register(&mut api, &run, |run, name, text| {
-                    Host::new(run).run_script(name, text)
-                }),
-                "world" => api_world::register(&mut api, &run),
-                _ => unreachable!("every family has a registration"),
-            }
+        for (family, register) in FAMILIES {
+            register(&mut Family::new(&mut engine, &mut docs, family), &run);
         }
         Self {
             engine,

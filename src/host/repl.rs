@@ -165,7 +165,7 @@ impl Repl {
                 "Commands: :help [name]  :load FILE  :vars  :quit\n\
                  Input continues over lines while brackets are open. Functions by family:\n",
             );
-            for family in super::FAMILIES {
+            for (family, _) in super::FAMILIES {
                 let names: Vec<&str> = self
                     .host
                     .docs

@@ -9,6 +9,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// The cache every test that runs the binary shares (`METAAPO_CACHE`), so the tiny world is
+/// warmed up once per build folder, not once per test; concurrent warm-ups are safe.
+pub fn shared_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("metaapo-cache")
+}
 
 pub fn tiny_config(arch: &str, tied: bool) -> ModelConfig {
     ModelConfig::from_json(json!({

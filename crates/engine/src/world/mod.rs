@@ -34,7 +34,7 @@ pub trait World {
     /// Held out from training.
     fn eval_prompts(&self) -> Vec<Text>;
 
-    /// A learning rate that suits offline preference training of this world's policy.
+    /// The learning rate offline DPO takes on this world (online loops set their own).
     fn lr(&self) -> f64;
 
     /// New tokens a response needs.

@@ -50,10 +50,9 @@ fn parse_number(s: &str) -> Option<u32> {
     ok.then(|| s.parse().ok()).flatten()
 }
 
-/// Every problem with operands below `10^digits`, shuffled by `seed`, split into training
-/// prompts and a held-out evaluation set of `eval` problems.
-pub fn split(digits: u32, eval: usize, seed: u64) -> (Vec<Problem>, Vec<Problem>) {
-    let top = 10u32.pow(digits);
+/// Every problem with operands below `top`, shuffled by `seed`, split into training prompts and
+/// a held-out evaluation set of `eval` problems.
+pub fn split(top: u32, eval: usize, seed: u64) -> (Vec<Problem>, Vec<Problem>) {
     let mut all: Vec<Problem> = (0..top)
         .flat_map(|a| (0..top).map(move |b| Problem { a, b }))
         .collect();
