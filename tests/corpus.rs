@@ -484,6 +484,48 @@ fn cases() -> (Vec<Case>, Vec<ModelCase>) {
     );
     bad_set.args.extend([s("--set"), s("beta=high")]);
     c.push(bad_set);
+    // The iterative loops' choices and starting point: the value and what is offered.
+    for (label, name, set, expect) in [
+        (
+            "choice_reference",
+            "metaapo_dpo",
+            "reference=iteration",
+            &["reference must be one of", "lagged", "iteration"][..],
+        ),
+        (
+            "choice_ties",
+            "metaapo_dpo",
+            "ties=maybe",
+            &["ties", "keep", "maybe"],
+        ),
+        (
+            "choice_optim",
+            "online_dpo",
+            "optim=sgd",
+            &["optim", "published", "sgd"],
+        ),
+        (
+            "choice_selm_reference",
+            "selm",
+            "reference=sft",
+            &["reference", "iteration", "sft"],
+        ),
+        (
+            "init_from_missing",
+            "online_dpo",
+            "init_from=no-such-dir",
+            &["load_policy", "no-such-dir"],
+        ),
+    ] {
+        c.push(Case {
+            label,
+            files: vec![],
+            args: ["script", name, "--set", "world=tiny", "--set", set]
+                .map(s)
+                .to_vec(),
+            expect: expect.iter().map(|e| s(e)).collect(),
+        });
+    }
     // GGUF files: the file named.
     c.push(gguf("gguf_empty", vec![]));
     c.push(gguf("gguf_magic", b"GGML\x03\x00\x00\x00".to_vec()));
@@ -748,7 +790,7 @@ fn every_bad_input_ends_in_one_located_error() {
             std::fs::write(&p, bytes).unwrap();
         }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_metaapo"));
-        cmd.env("METAAPO_CACHE", dir.join("cache"))
+        cmd.env("METAAPO_CACHE", common::shared_cache())
             .env_remove("RUST_BACKTRACE")
             .current_dir(&dir)
             .args(&case.args);

@@ -1,6 +1,8 @@
-//! MetaAPO's scripts end to end on the tiny world: the ablation switches do what they say, a
-//! resumed run continues with the same meta-learner state, and `compare.rhai` writes its table
-//! and plots.
+//! MetaAPO's scripts end to end on the tiny world: the ablation switches and the published
+//! pipeline's options do what they say, a resumed run continues with the same meta-learner state
+//! (and lagged reference), and `compare.rhai` writes its table and plots.
+
+mod common;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -14,12 +16,12 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// Runs `scripts/<name>` on the tiny world with `--set` pairs into `out`; returns its metrics.
-fn run(dir: &Path, name: &str, out: &Path, set: &[&str]) -> Vec<Value> {
+fn run(name: &str, out: &Path, set: &[&str]) -> Vec<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scripts")
         .join(name);
     let mut c = Command::new(env!("CARGO_BIN_EXE_metaapo"));
-    c.env("METAAPO_CACHE", dir.join("cache"))
+    c.env("METAAPO_CACHE", common::shared_cache())
         .arg("script")
         .arg(&script)
         .args(["--set", "world=tiny"]);
@@ -47,7 +49,7 @@ fn with<'a>(metrics: &'a [Value], key: &str) -> Vec<&'a Value> {
 #[test]
 fn without_adaptive_sampling_every_prompt_is_selected() {
     let dir = scratch("adaptive");
-    let adaptive = run(&dir, "metaapo_dpo.rhai", &dir.join("a"), &[]);
+    let adaptive = run("metaapo_dpo.rhai", &dir.join("a"), &[]);
     let fractions: Vec<f64> = with(&adaptive, "online/selected_fraction")
         .iter()
         .map(|r| r["online/selected_fraction"].as_f64().unwrap())
@@ -55,7 +57,6 @@ fn without_adaptive_sampling_every_prompt_is_selected() {
     assert_eq!(fractions.len(), 3);
     assert!(fractions.iter().any(|&f| f < 1.0), "{fractions:?}");
     let all = run(
-        &dir,
         "metaapo_dpo.rhai",
         &dir.join("b"),
         &["adaptive_sampling=false"],
@@ -73,7 +74,6 @@ fn the_weighting_and_update_switches_and_unselected_drop() {
     // At the start policy = reference, so s = log σ(0) for every pair and the fixed weight of
     // "no meta weighting" is σ(log 0.5) = 1/3.
     let fixed = run(
-        &dir,
         "metaapo_dpo.rhai",
         &dir.join("fixed"),
         &["meta_weighting=false", "t_meta=1"],
@@ -86,18 +86,12 @@ fn the_weighting_and_update_switches_and_unselected_drop() {
     );
 
     let frozen = run(
-        &dir,
         "metaapo_dpo.rhai",
         &dir.join("frozen"),
         &["meta_updates=false", "t_meta=1"],
     );
     assert!(with(&frozen, "meta/loss").is_empty());
-    let updated = run(
-        &dir,
-        "metaapo_dpo.rhai",
-        &dir.join("updated"),
-        &["t_meta=1"],
-    );
+    let updated = run("metaapo_dpo.rhai", &dir.join("updated"), &["t_meta=1"]);
     let steps = with(&updated, "grad_norm").len();
     assert_eq!(
         with(&updated, "meta/loss").len(),
@@ -106,12 +100,7 @@ fn the_weighting_and_update_switches_and_unselected_drop() {
     );
 
     // "drop" trains only pairs with an online pair: one batch per 32 online pairs.
-    let dropped = run(
-        &dir,
-        "metaapo_dpo.rhai",
-        &dir.join("drop"),
-        &["unselected=drop"],
-    );
+    let dropped = run("metaapo_dpo.rhai", &dir.join("drop"), &["unselected=drop"]);
     let batches: usize = with(&dropped, "online/pairs")
         .iter()
         .map(|r| (r["online/pairs"].as_u64().unwrap() as usize).div_ceil(32))
@@ -140,31 +129,33 @@ fn same_tensors(a: &Path, b: &Path) {
     assert!(x == y, "{} and {} differ", a.display(), b.display());
 }
 
-#[test]
-fn a_resumed_run_continues_with_the_same_meta_learner() {
-    let dir = scratch("resume");
+/// Runs MetaAPO-DPO with `set` whole, then again resumed from a run directory holding only the
+/// checkpoints of iterations 0..=`upto`; both must end with the same meta-learner, meta-optimizer,
+/// policy and evaluation.
+fn resumed_run_equals_the_whole(name: &str, set: &[&str], upto: usize) {
+    let dir = scratch(name);
     let full = dir.join("full");
-    // 3 policy steps per iteration and a meta step every 2: the first checkpoint holds a
-    // half-full buffer, which the resumed run must carry on with.
-    let set = ["t_meta=2", "batch=16"];
-    let whole = run(&dir, "metaapo_dpo.rhai", &full, &set);
-    // A run directory whose latest checkpoint is the first iteration's.
+    let whole = run("metaapo_dpo.rhai", &full, set);
     let partial = dir.join("partial");
-    std::fs::create_dir_all(partial.join("checkpoints")).unwrap();
-    let ckpt = full.join("checkpoints/iteration-0");
-    let copy = partial.join("checkpoints/iteration-0");
-    std::fs::create_dir_all(copy.join("learner")).unwrap();
-    for entry in std::fs::read_dir(&ckpt)
-        .unwrap()
-        .chain(std::fs::read_dir(ckpt.join("learner")).unwrap())
-    {
-        let p = entry.unwrap().path();
-        if p.is_file() {
-            let rel = p.strip_prefix(&ckpt).unwrap();
-            std::fs::copy(&p, copy.join(rel)).unwrap();
+    for k in 0..=upto {
+        let ckpt = full.join(format!("checkpoints/iteration-{k}"));
+        let copy = partial.join(format!("checkpoints/iteration-{k}"));
+        std::fs::create_dir_all(copy.join("learner")).unwrap();
+        for entry in std::fs::read_dir(&ckpt)
+            .unwrap()
+            .chain(std::fs::read_dir(ckpt.join("learner")).unwrap())
+        {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                let rel = p.strip_prefix(&ckpt).unwrap();
+                std::fs::copy(&p, copy.join(rel)).unwrap();
+            }
         }
     }
-    let state: Value = serde_json::from_slice(&bytes(&copy.join("trainer_state.json"))).unwrap();
+    let state: Value = serde_json::from_slice(&bytes(
+        &partial.join(format!("checkpoints/iteration-{upto}/trainer_state.json")),
+    ))
+    .unwrap();
     let buffered = state["counters"]["buffer"]["scores"]
         .as_array()
         .unwrap()
@@ -172,15 +163,13 @@ fn a_resumed_run_continues_with_the_same_meta_learner() {
     assert!(buffered > 0, "{state}");
     let resume = format!("resume={}", partial.display());
     let resumed_dir = dir.join("resumed");
-    let resumed = run(
-        &dir,
-        "metaapo_dpo.rhai",
-        &resumed_dir,
-        &[set[0], set[1], &resume],
-    );
-    assert!(
-        with(&resumed, "online/selected").len() == 2,
-        "iterations 1 and 2 only"
+    let mut resumed_set = set.to_vec();
+    resumed_set.push(&resume);
+    let resumed = run("metaapo_dpo.rhai", &resumed_dir, &resumed_set);
+    assert_eq!(
+        with(&resumed, "online/selected").len(),
+        2 - upto,
+        "only the iterations after {upto}"
     );
 
     for file in [
@@ -206,11 +195,144 @@ fn a_resumed_run_continues_with_the_same_meta_learner() {
 }
 
 #[test]
+fn a_resumed_run_continues_with_the_same_meta_learner() {
+    // 3 policy steps per iteration and a meta step every 2: the first checkpoint holds a
+    // half-full buffer, which the resumed run must carry on with.
+    resumed_run_equals_the_whole("resume", &["t_meta=2", "batch=16"], 0);
+}
+
+#[test]
+fn a_resumed_lagged_run_reloads_its_reference() {
+    // Resumed at iteration 2, the lagged reference is the policy at the start of iteration 1:
+    // the checkpoint of iteration 0. A meta step every 4 of the 6 steps so far leaves the
+    // buffer half full here too.
+    resumed_run_equals_the_whole(
+        "resume-lagged",
+        &["t_meta=4", "batch=16", "reference=lagged"],
+        1,
+    );
+}
+
+/// The weights `w` the meta-learner gave at each iteration's selection.
+fn selection_weights(metrics: &[Value]) -> Vec<Vec<f64>> {
+    with(metrics, "meta/weights")
+        .iter()
+        .map(|r| {
+            r["meta/weights"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_lagged_reference_trails_the_policy_by_one_iteration() {
+    let dir = scratch("lagged");
+    let fixed = selection_weights(&run("metaapo_dpo.rhai", &dir.join("f"), &[]));
+    let lagged = selection_weights(&run(
+        "metaapo_dpo.rhai",
+        &dir.join("l"),
+        &["reference=lagged"],
+    ));
+    // Iterations 0 and 1 score against the SFT model either way (the policy at the start of
+    // iteration 0 is the SFT model); iteration 2 against the policy at the start of iteration 1.
+    assert_eq!(fixed[0], lagged[0]);
+    assert_eq!(fixed[1], lagged[1]);
+    assert_ne!(fixed[2], lagged[2]);
+    // Δ is not 0 after the first iteration, so the weights differ between pairs (a reference
+    // equal to the policy at the start of the iteration would make them all equal).
+    for w in &lagged[1..] {
+        assert!(w.iter().any(|x| x != &w[0]), "{w:?}");
+    }
+    assert!(
+        lagged[0].iter().all(|x| x == &lagged[0][0]),
+        "Δ = 0 at the start"
+    );
+}
+
+#[test]
+fn kept_ties_give_every_selected_prompt_an_online_pair() {
+    let dir = scratch("ties");
+    for (ties, out) in [("drop", "d"), ("keep", "k")] {
+        let m = run(
+            "metaapo_dpo.rhai",
+            &dir.join(out),
+            &[&format!("ties={ties}")],
+        );
+        let rows = with(&m, "online/selected");
+        let tied: u64 = rows
+            .iter()
+            .map(|r| r["online/ties"].as_u64().unwrap())
+            .sum();
+        assert!(tied > 0, "the tiny world has tied prompts");
+        for r in rows {
+            let (selected, pairs, ties_n) = (
+                r["online/selected"].as_u64().unwrap(),
+                r["online/pairs"].as_u64().unwrap(),
+                r["online/ties"].as_u64().unwrap(),
+            );
+            match ties {
+                "keep" => assert_eq!(pairs, selected, "{r}"),
+                _ => assert_eq!(pairs + ties_n, selected, "{r}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn the_published_optimizer_restarts_a_cosine_schedule_every_iteration() {
+    let dir = scratch("optim");
+    let m = run(
+        "metaapo_dpo.rhai",
+        &dir.join("p"),
+        &["optim=published", "lr=1e-4", "batch=8"],
+    );
+    let steps = with(&m, "learning_rate");
+    for it in 0..3 {
+        let lr: Vec<f64> = steps
+            .iter()
+            .filter(|r| r["iteration"] == it)
+            .map(|r| r["learning_rate"].as_f64().unwrap())
+            .collect();
+        assert!(lr.len() > 3, "{lr:?}");
+        // One warm-up step from 0, the peak, then a cosine decay that ends above 0.1·lr.
+        assert_eq!(lr[0], 0.0, "iteration {it} restarts: {lr:?}");
+        assert!((lr[1] - 1e-4).abs() < 1e-12, "{lr:?}");
+        assert!(lr.windows(2).skip(1).all(|w| w[1] <= w[0]), "{lr:?}");
+        let last = *lr.last().unwrap();
+        assert!(last >= 1e-5 && last < 5e-5, "{lr:?}");
+    }
+}
+
+#[test]
+fn init_from_starts_from_a_dpo_run_with_the_sft_reference() {
+    let dir = scratch("init");
+    let dpo = run("dpo.rhai", &dir.join("dpo"), &["lr=1e-3"]);
+    let final_dir = dir.join("dpo/final");
+    let m = run(
+        "metaapo_dpo.rhai",
+        &dir.join("m"),
+        &[
+            &format!("init_from={}", final_dir.display()),
+            "iterations=1",
+        ],
+    );
+    let eval = |m: &[Value], i: usize| with(m, "eval/gold_reward")[i]["eval/gold_reward"].clone();
+    assert_eq!(eval(&m, 0), eval(&dpo, 1), "MetaAPO starts where DPO ended");
+    // Against the SFT reference the DPO policy already has a Δ per pair: the first selection
+    // is no longer uniform.
+    let w = &selection_weights(&m)[0];
+    assert!(w.iter().any(|x| x != &w[0]), "{w:?}");
+}
+
+#[test]
 fn compare_writes_the_table_and_the_plots() {
     let dir = scratch("compare");
     let out = dir.join("cmp");
     run(
-        &dir,
         "compare.rhai",
         &out,
         &["seeds=[0, 1]", "methods=[\"online_dpo\", \"metaapo_dpo\"]"],
