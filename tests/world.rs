@@ -1,5 +1,5 @@
-//! The built-in default world: its task and rewards by hand, its tokenizer, determinism, and
-//! sampling.
+//! The built-in default world: its task and rewards by hand, its tokenizer, determinism,
+//! sampling, and the measurements of the paper's premise.
 
 use candle_core::Device;
 use metaapo::data::encode::Text;
@@ -90,14 +90,59 @@ fn tokenizer_is_one_token_per_character() {
 }
 
 fn tiny() -> BuiltinWorld {
+    tiny_with(|_| {})
+}
+
+/// The tiny world with `edit` applied to its config (the warm-up is shared: its cache key
+/// leaves out the pairs' and the annotator's noise).
+fn tiny_with(edit: impl FnOnce(&mut WorldConfig)) -> BuiltinWorld {
     let dir = std::env::temp_dir().join(format!("metaapo-world-{}", std::process::id()));
     std::env::set_var("METAAPO_CACHE", &dir);
-    BuiltinWorld::build(
-        WorldConfig::preset("tiny").unwrap(),
-        &Device::Cpu,
-        &mut |_, _, _| Ok(()),
-    )
-    .unwrap()
+    let mut config = WorldConfig::preset("tiny").unwrap();
+    edit(&mut config);
+    BuiltinWorld::build(config, &Device::Cpu, &mut |_, _, _| Ok(())).unwrap()
+}
+
+#[test]
+fn premise_measures_follow_the_worlds_settings() {
+    use metaapo::world::premise::{measure, PremiseConfig};
+    let cfg = PremiseConfig {
+        prompts: 128,
+        k: 8,
+        seed: 0,
+    };
+    let value = |w: &BuiltinWorld, property: &str| {
+        let checks = measure(w, &cfg).unwrap();
+        let c = checks.into_iter().find(|c| c.property == property).unwrap();
+        assert_eq!(c.pass, c.value >= c.target[3..].parse::<f64>().unwrap());
+        c.value
+    };
+    let w = tiny();
+    let ordered = w
+        .pairs
+        .iter()
+        .filter(|p| {
+            let (x, c, r) = (p.prompt.display(), p.chosen.display(), p.rejected.display());
+            w.gold_reward(&x, &c).unwrap() > w.gold_reward(&x, &r).unwrap()
+        })
+        .count();
+    assert_eq!(value(&w, "offline quality"), ordered as f64 / 128.0);
+    assert!(value(&w, "off-policy offline data").is_finite());
+    let none_right = value(&w, "capability-limited online data");
+    assert!((0.0..1.0).contains(&none_right), "{none_right}");
+
+    let clean = tiny_with(|c| {
+        c.label_noise = 0.0;
+        c.annotator_noise = 0.0;
+    });
+    assert!(value(&clean, "offline quality") > 0.9);
+    assert_eq!(value(&clean, "imperfect annotator"), 0.0);
+    let flipped = tiny_with(|c| c.label_noise = 1.0);
+    assert!(value(&flipped, "offline quality") < 0.1);
+    // Loud but independent noise misorders pairs, and none of them systematically.
+    let noisy = tiny_with(|c| c.annotator_noise = 1.0);
+    assert!(value(&noisy, "imperfect annotator") > 0.1);
+    assert_eq!(value(&noisy, "systematic annotator bias"), 0.0);
 }
 
 #[test]

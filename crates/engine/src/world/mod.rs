@@ -6,6 +6,7 @@
 
 pub mod builtin;
 pub mod files;
+pub mod premise;
 pub mod task;
 pub mod vocab;
 pub mod warmup;
