@@ -4,7 +4,9 @@
 use candle_core::Device;
 use metaapo::data::encode::Text;
 use metaapo::generate::{generate, SampleConfig, Stop};
-use metaapo::world::task::{annotator_reward, gold_reward, split, Problem, Teacher};
+use metaapo::world::task::{
+    annotator_reward, gold_reward, split, Annotator, Form, Problem, Teacher,
+};
 use metaapo::world::{vocab, BuiltinWorld, WorldConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -24,19 +26,53 @@ fn gold_reward_by_hand() {
     }
     assert_eq!(Problem::parse("47+38="), Some(p));
     assert_eq!(Problem::parse("47+38"), None);
+    // The premise world's offline author shows its work; the final number is judged.
+    assert_eq!(p.worked("85"), "77+8=85");
+    assert_eq!(Form::Worked.write(&p, "75"), "77+8=75");
+    assert_eq!(Form::Plain.write(&p, "75"), "75");
+    assert_eq!(gold_reward(&p, "77+8=85"), 1.0);
+    assert_eq!(gold_reward(&p, "77+8=75"), 0.25);
+    for junk in ["8=85", "77+8=", "+8=85", "77+8=85=85", "77-8=85"] {
+        assert_eq!(gold_reward(&p, junk), 0.0, "{junk:?}");
+    }
+}
+
+#[test]
+fn the_annotators_bias_rewards_a_right_units_digit() {
+    let p = Problem { a: 47, b: 38 };
+    let a = Annotator {
+        noise: 0.0,
+        units_bonus: 0.5,
+        seed: 0,
+    };
+    assert_eq!(annotator_reward(&p, "85", &a), 1.5);
+    // The forgotten carry keeps the units digit and now beats a closer answer.
+    assert_eq!(annotator_reward(&p, "75", &a), 0.75);
+    assert_eq!(annotator_reward(&p, "84", &a), 0.5 * (1.0 - 1.0 / 20.0));
+    assert_eq!(annotator_reward(&p, "77+8=75", &a), 0.75);
+    assert_eq!(annotator_reward(&p, "x5", &a), 0.0);
 }
 
 #[test]
 fn annotator_is_a_fixed_noisy_proxy() {
     let p = Problem { a: 12, b: 30 };
-    let a = annotator_reward(&p, "42", 0.25, 0);
+    let noisy = |seed| Annotator {
+        noise: 0.25,
+        units_bonus: 0.0,
+        seed,
+    };
+    let a = annotator_reward(&p, "42", &noisy(0));
     assert_eq!(
         a,
-        annotator_reward(&p, "42", 0.25, 0),
+        annotator_reward(&p, "42", &noisy(0)),
         "same text, same score"
     );
-    assert_ne!(a, annotator_reward(&p, "42", 0.25, 1));
-    assert_eq!(annotator_reward(&p, "42", 0.0, 0), 1.0);
+    assert_ne!(a, annotator_reward(&p, "42", &noisy(1)));
+    let quiet = Annotator {
+        noise: 0.0,
+        ..noisy(0)
+    };
+    assert_eq!(annotator_reward(&p, "42", &quiet), 1.0);
     // Over many texts the noise has the configured scale.
     let errs: Vec<f64> = (0..2000)
         .map(|i| {
@@ -44,7 +80,7 @@ fn annotator_is_a_fixed_noisy_proxy() {
                 a: i % 100,
                 b: i / 100,
             };
-            annotator_reward(&q, "7", 0.25, 0) - gold_reward(&q, "7")
+            annotator_reward(&q, "7", &noisy(0)) - gold_reward(&q, "7")
         })
         .collect();
     let sd = (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt();
@@ -54,6 +90,7 @@ fn annotator_is_a_fixed_noisy_proxy() {
 #[test]
 fn teachers_make_their_mistakes_at_their_rates() {
     let t = Teacher {
+        drop_hundreds: 0.0,
         forget_carry: 0.6,
         off_by_one: 0.0,
         off_by_ten: 0.0,
@@ -65,6 +102,28 @@ fn teachers_make_their_mistakes_at_their_rates() {
     assert!((wrong as f64 / 4000.0 - 0.6).abs() < 0.03);
     let no_carry = Problem { a: 41, b: 38 };
     assert!((0..100).all(|_| t.answer(&no_carry, &mut rng) == "79"));
+    // At 0 the hundreds rule is left out of the serialized teacher, so the cache keys of the
+    // worlds that predate it are unchanged.
+    assert!(!serde_json::to_string(&t).unwrap().contains("drop_hundreds"));
+    let hundreds = Teacher {
+        drop_hundreds: 0.9,
+        ..t
+    };
+    let big = Problem { a: 60, b: 65 };
+    let dropped = (0..4000)
+        .filter(|_| hundreds.answer(&big, &mut rng) == "25")
+        .count();
+    assert!((dropped as f64 / 4000.0 - 0.9).abs() < 0.03, "{dropped}");
+}
+
+#[test]
+fn the_worlds_are_named_and_an_unknown_one_lists_them() {
+    let premise = WorldConfig::preset("premise").unwrap();
+    assert_eq!(premise.offline_form, Form::Worked);
+    let err = WorldConfig::preset("nope").unwrap_err().to_string();
+    for name in ["default", "tiny", "premise"] {
+        assert!(err.contains(name), "{err}");
+    }
 }
 
 #[test]

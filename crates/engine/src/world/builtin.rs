@@ -2,7 +2,7 @@
 //! up in-process and cached, a gold reward and a noisier annotator, off-policy offline pairs with
 //! label noise, and a held-out evaluation set. Everything follows from the config and its seed.
 
-use super::task::{self, Problem, Teacher};
+use super::task::{self, Annotator, Form, Problem, Teacher};
 use super::warmup::{self, Warmup};
 use super::{vocab, World};
 use crate::atomic::Replace;
@@ -44,11 +44,17 @@ pub struct WorldConfig {
     pub sft_teacher: Teacher,
     /// Writes the offline preference pairs: a different policy, with different mistakes.
     pub pair_teacher: Teacher,
+    /// How the offline author writes its answers (the SFT teacher writes plain numbers).
+    #[serde(default)]
+    pub offline_form: Form,
     pub pairs: usize,
     /// Probability that an offline pair's labels are swapped.
     pub label_noise: f64,
-    /// Standard deviation of the annotator's error.
+    /// Standard deviation of the annotator's independent error.
     pub annotator_noise: f64,
+    /// What the annotator adds for a right units digit (its systematic bias).
+    #[serde(default)]
+    pub annotator_bias: f64,
     /// Sampling temperature of `evaluate` (0 = greedy).
     pub eval_temperature: f64,
     /// The learning rate offline DPO takes on this world (online loops set their own).
@@ -72,20 +78,24 @@ impl WorldConfig {
                 lr: 3e-3,
             },
             sft_teacher: Teacher {
+                drop_hundreds: 0.0,
                 forget_carry: 0.6,
                 off_by_one: 0.05,
                 off_by_ten: 0.0,
                 swap_digits: 0.0,
             },
             pair_teacher: Teacher {
+                drop_hundreds: 0.0,
                 forget_carry: 0.3,
                 off_by_one: 0.15,
                 off_by_ten: 0.1,
                 swap_digits: 0.1,
             },
             pairs: 8000,
+            offline_form: Form::Plain,
             label_noise: 0.2,
             annotator_noise: 0.25,
+            annotator_bias: 0.0,
             eval_temperature: 1.0,
             lr: 1e-4,
         };
@@ -107,7 +117,35 @@ impl WorldConfig {
                 eval_temperature: 0.0,
                 ..default
             }),
-            other => bail!("unknown world {other:?}: the built-in worlds are `default` and `tiny`"),
+            // Built to hold the paper's premise (docs/ALGORITHMS.md, "The premise a world must
+            // hold"), its settings fixed from that premise alone: a stronger offline author
+            // that shows its work, which the policy never does; an SFT teacher that nearly
+            // always forgets the carries, so many prompts are beyond the policy; labels mostly
+            // right; an annotator that over-rewards a right units digit.
+            "premise" => Ok(Self {
+                name: "premise".into(),
+                sft_teacher: Teacher {
+                    drop_hundreds: 0.9,
+                    forget_carry: 0.95,
+                    off_by_one: 0.1,
+                    off_by_ten: 0.0,
+                    swap_digits: 0.0,
+                },
+                pair_teacher: Teacher {
+                    drop_hundreds: 0.0,
+                    forget_carry: 0.1,
+                    off_by_one: 0.1,
+                    off_by_ten: 0.05,
+                    swap_digits: 0.05,
+                },
+                offline_form: Form::Worked,
+                label_noise: 0.05,
+                annotator_bias: 0.5,
+                ..default
+            }),
+            other => bail!(
+                "unknown world {other:?}: the built-in worlds are `default`, `tiny` and `premise`"
+            ),
         }
     }
 
@@ -241,14 +279,21 @@ impl BuiltinWorld {
         Ok(task::gold_reward(&problem(prompt)?, response))
     }
 
-    /// The annotator's (noisy) reward.
+    /// The annotator's (noisy, biased) reward.
     pub fn annotator_reward(&self, prompt: &str, response: &str) -> Result<f64> {
         Ok(task::annotator_reward(
             &problem(prompt)?,
             response,
-            self.config.annotator_noise,
-            self.config.seed,
+            &self.annotator(),
         ))
+    }
+
+    pub fn annotator(&self) -> Annotator {
+        Annotator {
+            noise: self.config.annotator_noise,
+            units_bonus: self.config.annotator_bias,
+            seed: self.config.seed,
+        }
     }
 
     /// Samples one answer per evaluation prompt (seeded the same way for every model, so
@@ -293,11 +338,10 @@ impl BuiltinWorld {
     }
 }
 
-/// The task's rewards as a reward model: the gold one, or the annotator's (gold plus fixed,
-/// per-text noise).
+/// The task's rewards as a reward model: the gold one, or the annotator's.
 struct TaskReward {
-    /// The annotator's noise and seed; `None` for the gold reward.
-    noise: Option<(f64, u64)>,
+    /// `None` for the gold reward.
+    annotator: Option<Annotator>,
 }
 
 impl RewardModel for TaskReward {
@@ -307,20 +351,21 @@ impl RewardModel for TaskReward {
             .zip(responses)
             .map(|(p, r)| {
                 let (p, r) = (problem(&p.display())?, r.display());
-                Ok(match self.noise {
+                Ok(match &self.annotator {
                     None => task::gold_reward(&p, &r),
-                    Some((noise, seed)) => task::annotator_reward(&p, &r, noise, seed),
+                    Some(a) => task::annotator_reward(&p, &r, a),
                 })
             })
             .collect()
     }
 
     fn describe(&self) -> String {
-        match self.noise {
+        match &self.annotator {
             None => "the built-in world's gold reward".into(),
-            Some((noise, _)) => {
-                format!("the built-in world's annotator (gold reward plus noise of sd {noise})")
-            }
+            Some(a) => format!(
+                "the built-in world's annotator (gold reward, plus {} for a right units digit, plus noise of sd {})",
+                a.units_bonus, a.noise
+            ),
         }
     }
 }
@@ -356,12 +401,13 @@ impl World for BuiltinWorld {
         self.config.lr
     }
 
-    /// Enough new tokens for the largest answer's digits, EOS and one more.
+    /// Enough new tokens for the largest answer in the longer of the two authors' forms, EOS
+    /// and one more.
     fn max_new_tokens(&self) -> usize {
-        (2 * self.config.operands.saturating_sub(1))
-            .to_string()
-            .len()
-            + 2
+        let top = self.config.operands.saturating_sub(1);
+        let largest = Problem { a: top, b: top };
+        let answer = largest.answer().to_string();
+        self.config.offline_form.write(&largest, &answer).len() + 2
     }
 
     fn policy(&self) -> Result<Policy> {
@@ -375,12 +421,12 @@ impl World for BuiltinWorld {
 
     fn reward(&self) -> Rc<dyn RewardModel> {
         Rc::new(TaskReward {
-            noise: Some((self.config.annotator_noise, self.config.seed)),
+            annotator: Some(self.annotator()),
         })
     }
 
     fn gold(&self) -> Option<Rc<dyn RewardModel>> {
-        Some(Rc::new(TaskReward { noise: None }))
+        Some(Rc::new(TaskReward { annotator: None }))
     }
 
     fn evaluate(&self, policy: &Policy) -> Result<Vec<(&'static str, f64)>> {
@@ -400,7 +446,7 @@ fn problem(prompt: &str) -> Result<Problem> {
 }
 
 /// Two different answers from the pair teacher, ordered by the gold reward (ties at random),
-/// then swapped with probability `label_noise`.
+/// then swapped with probability `label_noise`, written in the offline author's form.
 fn offline_pairs(config: &WorldConfig, train: &[Problem]) -> Vec<Pair> {
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x9a12);
     let teacher = &config.pair_teacher;
@@ -428,8 +474,8 @@ fn offline_pairs(config: &WorldConfig, train: &[Problem]) -> Vec<Pair> {
             };
             Pair {
                 prompt: Text::Plain(p.prompt()),
-                chosen: Text::Plain(chosen),
-                rejected: Text::Plain(rejected),
+                chosen: Text::Plain(config.offline_form.write(p, &chosen)),
+                rejected: Text::Plain(config.offline_form.write(p, &rejected)),
             }
         })
         .collect()

@@ -124,14 +124,18 @@ pub fn measure(world: &BuiltinWorld, cfg: &PremiseConfig) -> Result<Vec<Check>> 
     let gap = mean_token_logp(&policy, &own)? - mean_token_logp(&policy, &offline)?;
 
     let (mut none_right, mut online_pairs, mut misordered, mut systematic) = (0, 0, 0, 0);
-    let (noise, seed) = (world.config.annotator_noise, world.config.seed);
+    let annotator = world.annotator();
+    let quiet = task::Annotator {
+        noise: 0.0,
+        ..annotator
+    };
     for (i, p) in problems.iter().enumerate() {
         let texts = by_prompt.get(&i).map(Vec::as_slice).unwrap_or_default();
         if !texts.iter().any(|t| task::gold_reward(p, t) == 1.0) {
             none_right += 1;
         }
-        let by = |noise: f64| -> Option<(&String, &String)> {
-            let score = |t: &String| task::annotator_reward(p, t, noise, seed);
+        let by = |a: &task::Annotator| -> Option<(&String, &String)> {
+            let score = |t: &String| task::annotator_reward(p, t, a);
             let best = texts.iter().max_by(|a, b| score(a).total_cmp(&score(b)))?;
             let worst = texts.iter().min_by(|a, b| score(a).total_cmp(&score(b)))?;
             (score(best) > score(worst)).then_some((best, worst))
@@ -139,14 +143,14 @@ pub fn measure(world: &BuiltinWorld, cfg: &PremiseConfig) -> Result<Vec<Check>> 
         let wrong = |(best, worst): (&String, &String)| {
             task::gold_reward(p, best) < task::gold_reward(p, worst)
         };
-        if let Some(pair) = by(noise) {
+        if let Some(pair) = by(&annotator) {
             online_pairs += 1;
             if wrong(pair) {
                 misordered += 1;
                 // Systematic where the annotator's noise-free part orders the pair the same
                 // wrong way: the misorder is not the noise's doing.
-                let quiet = |t: &String| task::annotator_reward(p, t, 0.0, seed);
-                systematic += (quiet(pair.0) > quiet(pair.1)) as usize;
+                let score = |t: &String| task::annotator_reward(p, t, &quiet);
+                systematic += (score(pair.0) > score(pair.1)) as usize;
             }
         }
     }
