@@ -611,3 +611,42 @@ fn a_world_from_files_runs_the_scripts_unchanged() {
         "{err}"
     );
 }
+
+#[test]
+fn world_measures_the_premise_and_names_the_worlds() {
+    let cache = common::shared_cache();
+    let o = metaapo(&cache)
+        .args(["world", "tiny", "--prompts", "64", "--json"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 5, "{report}");
+    for c in checks {
+        let value = c["value"].as_f64().unwrap();
+        assert!(value.is_finite(), "{c}");
+        assert!(c["pass"].is_boolean() && c["target"].is_string(), "{c}");
+    }
+    let table = metaapo(&cache).args(["world", "tiny"]).output().unwrap();
+    let (stdout, _) = text(&table);
+    assert!(
+        stdout.contains("offline quality") && stdout.contains("FAIL"),
+        "{stdout}"
+    );
+
+    let bad = metaapo(&cache).args(["world", "nope"]).output().unwrap();
+    let (_, stderr) = text(&bad);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr.contains("\"nope\"") && stderr.contains("premise"),
+        "{stderr}"
+    );
+    let bad_k = metaapo(&cache)
+        .args(["world", "tiny", "--k", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(bad_k.status.code(), Some(1));
+    assert!(text(&bad_k).1.contains("--k"), "{}", text(&bad_k).1);
+}
