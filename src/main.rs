@@ -365,12 +365,25 @@ fn world_report(name: &str, cfg: &PremiseConfig, json: bool) -> Result<()> {
     let facts = [
         world.describe(),
         format!(
-            "splits: {} training prompts and one held-out set of {} (no separate validation and test splits)",
+            "splits: {} training, {} validation and {} test prompts",
             world.train.len(),
+            world.validation.len(),
             world.eval.len()
         ),
-        format!("evaluation: temperature {} only", c.eval_temperature),
-        format!("opened in {ready:.1} s; measured on {} prompts, K = {}", cfg.prompts.min(world.train.len()), cfg.k),
+        format!(
+            "evaluation: temperature {}{}",
+            c.eval_temperature,
+            if c.greedy_eval {
+                " and greedy"
+            } else {
+                " only"
+            }
+        ),
+        format!(
+            "opened in {ready:.1} s; measured on {} prompts, K = {}",
+            cfg.prompts.min(world.train.len()),
+            cfg.k
+        ),
     ];
     if json {
         let out = serde_json::json!({ "world": name, "facts": facts, "checks": checks });

@@ -484,6 +484,15 @@ fn cases() -> (Vec<Case>, Vec<ModelCase>) {
     );
     bad_set.args.extend([s("--set"), s("beta=high")]);
     c.push(bad_set);
+    c.push(script(
+        "world_validation_too_large",
+        "let w = world(#{ name: \"tiny\", validation_size: 400 });\n",
+        &[
+            "world_validation_too_large.rhai:1:",
+            "validation",
+            "none of its 400 problems",
+        ],
+    ));
     // The iterative loops' choices and starting point: the value and what is offered.
     for (label, name, set, expect) in [
         (

@@ -7,7 +7,7 @@ use metaapo::generate::{generate, SampleConfig, Stop};
 use metaapo::world::task::{
     annotator_reward, gold_reward, split, Annotator, Form, Problem, Teacher,
 };
-use metaapo::world::{vocab, BuiltinWorld, WorldConfig};
+use metaapo::world::{vocab, BuiltinWorld, Split, WorldConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -163,6 +163,37 @@ fn tiny_with(edit: impl FnOnce(&mut WorldConfig)) -> BuiltinWorld {
 }
 
 #[test]
+fn the_validation_split_is_held_out_and_greedy_evaluation_is_reported() {
+    let w = tiny_with(|c| {
+        c.validation_size = 16;
+        c.greedy_eval = true;
+        c.eval_temperature = 1.0;
+    });
+    assert_eq!((w.validation.len(), w.eval.len()), (16, 64));
+    let held: std::collections::HashSet<_> = w.eval.iter().chain(&w.validation).collect();
+    assert_eq!(held.len(), 80, "validation and test are disjoint");
+    assert!(w.train.iter().all(|p| !held.contains(p)));
+    let model = w.model(false).unwrap();
+    let v = w.evaluate_model(&model, Split::Validation).unwrap();
+    assert_eq!(v.win_rate, 0.5, "the warm-up ties with itself");
+    let (greedy_gold, _) = v.greedy.unwrap();
+    let greedy_only = tiny_with(|c| {
+        c.validation_size = 16;
+        c.eval_temperature = 0.0;
+    });
+    let g = greedy_only
+        .evaluate_model(&model, Split::Validation)
+        .unwrap();
+    assert_eq!(g.gold_reward, greedy_gold);
+    assert!(g.greedy.is_none());
+    // Without a validation split there is nothing to evaluate on.
+    let err = tiny()
+        .evaluate_model(&model, Split::Validation)
+        .unwrap_err();
+    assert!(err.to_string().contains("no validation split"), "{err}");
+}
+
+#[test]
 fn premise_measures_follow_the_worlds_settings() {
     use metaapo::world::premise::{measure, PremiseConfig};
     let cfg = PremiseConfig {
@@ -212,10 +243,10 @@ fn world_is_deterministic_and_cached() {
     assert_eq!(a.eval, b.eval);
     let (pa, pb) = (a.model(false).unwrap(), b.model(false).unwrap());
     assert_eq!(
-        a.evaluate_model(&pa).unwrap(),
-        b.evaluate_model(&pb).unwrap()
+        a.evaluate_model(&pa, Split::Test).unwrap(),
+        b.evaluate_model(&pb, Split::Test).unwrap()
     );
-    let e = a.evaluate_model(&pa).unwrap();
+    let e = a.evaluate_model(&pa, Split::Test).unwrap();
     assert_eq!(e.win_rate, 0.5, "the warm-up policy ties with itself");
     assert_eq!(a.pairs.len(), 128);
     // Label noise: some pairs prefer the worse answer by the gold reward, most do not.

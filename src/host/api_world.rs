@@ -9,7 +9,7 @@ use super::types::{Pairs, WorldHandle};
 use super::values::{text_to_dynamic, to_json};
 use crate::data::encode::Text;
 use crate::policy::Policy;
-use crate::world::{self, BuiltinWorld, FileWorld, WorldConfig, WorldSpec};
+use crate::world::{self, BuiltinWorld, FileWorld, Split, WorldConfig, WorldSpec};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rhai::{Array, Dynamic, Map};
@@ -77,6 +77,14 @@ fn known(w: &WorldHandle, what: &str, gold: bool, prompt: &str, response: &str) 
     rm.rewards(&[p], &[y]).map(|v| v[0]).map_err(fail("world"))
 }
 
+fn evaluate(p: &Policy, w: &WorldHandle, split: Split) -> Res<Map> {
+    let metrics = w.0.evaluate(p, split).map_err(fail("evaluate"))?;
+    Ok(metrics
+        .into_iter()
+        .map(|(k, v)| (k.into(), Dynamic::from_float(v)))
+        .collect())
+}
+
 pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.ty::<WorldHandle>("World");
     let r = run.clone();
@@ -96,7 +104,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "world",
         "(options: Map) -> World",
-        "A built-in world with changes (name, seed, pairs, label_noise, annotator_noise, eval_temperature, warmup_steps), or with `policy` a world from files (keys as in a world .json).",
+        "A built-in world with changes (name, seed, pairs, label_noise, annotator_noise, annotator_bias, eval_temperature, greedy_eval, validation_size, warmup_steps), or with `policy` a world from files (keys as in a world .json).",
         move |opts: Map| -> Res<WorldHandle> {
             if opts.contains_key("policy") {
                 let json = to_json(&Dynamic::from_map(opts.clone()));
@@ -111,7 +119,10 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
             c.pairs = o.usize("pairs", c.pairs)?;
             c.label_noise = o.f64("label_noise", c.label_noise)?;
             c.annotator_noise = o.f64("annotator_noise", c.annotator_noise)?;
+            c.annotator_bias = o.f64("annotator_bias", c.annotator_bias)?;
             c.eval_temperature = o.f64("eval_temperature", c.eval_temperature)?;
+            c.greedy_eval = o.bool("greedy_eval", c.greedy_eval)?;
+            c.validation_size = o.usize("validation_size", c.validation_size)?;
             c.warmup.steps = o.usize("warmup_steps", c.warmup.steps as usize)? as u64;
             o.finish()?;
             open_builtin(&r, c)
@@ -187,13 +198,15 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "evaluate",
         "(policy: Policy, world: World) -> Map",
-        "Built-in worlds: eval/gold_reward, eval/success and eval/win_rate (vs the warm-up policy) on the held-out prompts; worlds from files: eval/reward (the reward model's mean) and eval/win_rate (vs the initial policy).",
-        |p: Policy, w: WorldHandle| -> Res<Map> {
-            let metrics = w.0.evaluate(&p).map_err(fail("evaluate"))?;
-            Ok(metrics
-                .into_iter()
-                .map(|(k, v)| (k.into(), Dynamic::from_float(v)))
-                .collect())
+        "evaluate(policy, world, \"test\"): the numbers to report. Built-in worlds: eval/gold_reward, eval/success and eval/win_rate (vs the warm-up policy), and eval/greedy_gold_reward and eval/greedy_success where the world also decodes greedily (premise); worlds from files: eval/reward (the reward model's mean) and eval/win_rate (vs the initial policy).",
+        |p: Policy, w: WorldHandle| evaluate(&p, &w, Split::Test),
+    );
+    api.func(
+        "evaluate",
+        "(policy: Policy, world: World, split: String) -> Map",
+        "The same metrics on a held-out split: \"test\" (eval/...) or \"validation\" (validation/..., for choosing settings; built-in worlds with a validation split, such as premise).",
+        |p: Policy, w: WorldHandle, split: &str| {
+            evaluate(&p, &w, Split::parse(split).map_err(fail("evaluate"))?)
         },
     );
 }

@@ -4,7 +4,7 @@
 
 use super::task::{self, Annotator, Form, Problem, Teacher};
 use super::warmup::{self, Warmup};
-use super::{vocab, World};
+use super::{vocab, Split, World};
 use crate::atomic::Replace;
 use crate::data::encode::Text;
 use crate::data::pairs::Pair;
@@ -35,7 +35,11 @@ pub struct WorldConfig {
     pub seed: u64,
     /// Operands are the integers below this bound.
     pub operands: u32,
+    /// The test split: held-out prompts for reported numbers.
     pub eval_size: usize,
+    /// Held-out prompts for choosing settings, apart from the test split (0: none).
+    #[serde(default)]
+    pub validation_size: usize,
     pub hidden: usize,
     pub layers: usize,
     pub heads: usize,
@@ -57,6 +61,9 @@ pub struct WorldConfig {
     pub annotator_bias: f64,
     /// Sampling temperature of `evaluate` (0 = greedy).
     pub eval_temperature: f64,
+    /// Whether `evaluate` also decodes greedily (`greedy_*` metrics).
+    #[serde(default)]
+    pub greedy_eval: bool,
     /// The learning rate offline DPO takes on this world (online loops set their own).
     pub lr: f64,
 }
@@ -69,6 +76,7 @@ impl WorldConfig {
             seed: 0,
             operands: 100,
             eval_size: 500,
+            validation_size: 0,
             hidden: 64,
             layers: 2,
             heads: 4,
@@ -97,6 +105,7 @@ impl WorldConfig {
             annotator_noise: 0.25,
             annotator_bias: 0.0,
             eval_temperature: 1.0,
+            greedy_eval: false,
             lr: 1e-4,
         };
         match name {
@@ -141,6 +150,8 @@ impl WorldConfig {
                 offline_form: Form::Worked,
                 label_noise: 0.05,
                 annotator_bias: 0.5,
+                validation_size: 500,
+                greedy_eval: true,
                 ..default
             }),
             other => bail!(
@@ -169,12 +180,16 @@ impl WorldConfig {
     /// Where the warmed-up policy is cached: one folder per configuration of what the warm-up
     /// depends on (changing the pairs, noise or evaluation reuses it).
     fn cache_path(&self) -> Result<PathBuf> {
-        let key = json!({
+        let mut key = json!({
             "format": FORMAT, "seed": self.seed, "operands": self.operands,
             "eval_size": self.eval_size, "hidden": self.hidden, "layers": self.layers,
             "heads": self.heads, "warmup": self.warmup, "sft_teacher": self.sft_teacher,
-        })
-        .to_string();
+        });
+        // Absent at 0, so the keys of worlds without a validation split stay as they were.
+        if self.validation_size > 0 {
+            key["validation_size"] = json!(self.validation_size);
+        }
+        let key = key.to_string();
         let hash = Sha256::digest(key.as_bytes());
         let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
         Ok(cache_dir()?
@@ -183,13 +198,15 @@ impl WorldConfig {
     }
 }
 
-/// Metrics of `BuiltinWorld::evaluate_model`, averaged over the evaluation set.
+/// Metrics of `BuiltinWorld::evaluate_model`, averaged over a held-out split.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
     pub gold_reward: f64,
     pub success: f64,
     /// Fraction of prompts where the policy's answer beats the warm-up policy's (ties count half).
     pub win_rate: f64,
+    /// Gold reward and success of greedy answers, where the world also decodes greedily.
+    pub greedy: Option<(f64, f64)>,
 }
 
 pub struct BuiltinWorld {
@@ -198,10 +215,13 @@ pub struct BuiltinWorld {
     /// The warmed-up policy (frozen; `policy()` hands out trainable copies).
     warm: CausalLm,
     pub train: Vec<Problem>,
+    /// The test split.
     pub eval: Vec<Problem>,
+    pub validation: Vec<Problem>,
     pub pairs: Vec<Pair>,
-    /// Gold reward of the warm-up policy's answer to each evaluation prompt.
+    /// Gold reward of the warm-up policy's answer to each test and validation prompt.
     warm_eval: Vec<f64>,
+    warm_validation: Vec<f64>,
 }
 
 impl BuiltinWorld {
@@ -213,7 +233,18 @@ impl BuiltinWorld {
         progress: &mut dyn FnMut(u64, u64, f64) -> Result<()>,
     ) -> Result<Self> {
         let tokenizer = vocab::tokenizer()?;
-        let (train, eval) = task::split(config.operands, config.eval_size, config.seed);
+        let held_out = config.eval_size + config.validation_size;
+        let problems = (config.operands as usize).pow(2);
+        if held_out >= problems {
+            bail!(
+                "world {}: {} test and {} validation prompts leave none of its {problems} problems to train on",
+                config.name,
+                config.eval_size,
+                config.validation_size
+            );
+        }
+        let (train, mut eval) = task::split(config.operands, held_out, config.seed);
+        let validation = eval.split_off(config.eval_size.min(eval.len()));
         let dir = config.cache_path()?;
         let warm = if dir.join(hf::WEIGHTS).exists() {
             hf::load(&dir, device, DType::F32, false)
@@ -255,10 +286,14 @@ impl BuiltinWorld {
             warm,
             train,
             eval,
+            validation,
             pairs,
             warm_eval: vec![],
+            warm_validation: vec![],
         };
-        world.warm_eval = world.eval_rewards(&world.warm)?;
+        let temperature = world.config.eval_temperature;
+        world.warm_eval = world.rewards(&world.warm, Split::Test, temperature)?;
+        world.warm_validation = world.rewards(&world.warm, Split::Validation, temperature)?;
         Ok(world)
     }
 
@@ -296,27 +331,54 @@ impl BuiltinWorld {
         }
     }
 
-    /// Samples one answer per evaluation prompt (seeded the same way for every model, so
-    /// comparisons are paired) and scores them with the gold reward.
-    pub fn evaluate_model(&self, model: &CausalLm) -> Result<Evaluation> {
-        let rewards = self.eval_rewards(model)?;
-        let n = rewards.len() as f64;
+    /// Samples one answer per prompt of `split` (seeded the same way for every model, so
+    /// comparisons are paired) and scores them with the gold reward; with `greedy_eval`, the
+    /// greedy answers too.
+    pub fn evaluate_model(&self, model: &CausalLm, split: Split) -> Result<Evaluation> {
+        let (problems, warm) = match split {
+            Split::Test => (&self.eval, &self.warm_eval),
+            Split::Validation => (&self.validation, &self.warm_validation),
+        };
+        if problems.is_empty() {
+            bail!(
+                "the world {} has no {} split (validation_size is 0)",
+                self.config.name,
+                split.prefix()
+            );
+        }
+        let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
+        let exact = |r: &[f64]| r.iter().filter(|&&x| x == 1.0).count() as f64 / r.len() as f64;
+        let rewards = self.rewards(model, split, self.config.eval_temperature)?;
+        let greedy = if self.config.greedy_eval {
+            let g = self.rewards(model, split, 0.0)?;
+            Some((mean(&g), exact(&g)))
+        } else {
+            None
+        };
         Ok(Evaluation {
-            gold_reward: rewards.iter().sum::<f64>() / n,
-            success: rewards.iter().filter(|&&r| r == 1.0).count() as f64 / n,
-            win_rate: crate::reward::win_rate(&rewards, &self.warm_eval),
+            gold_reward: mean(&rewards),
+            success: exact(&rewards),
+            win_rate: crate::reward::win_rate(&rewards, warm),
+            greedy,
         })
     }
 
-    fn eval_rewards(&self, model: &CausalLm) -> Result<Vec<f64>> {
-        let prompts = self
-            .eval
+    /// The gold reward of one answer per prompt of `split`, decoded at `temperature`.
+    fn rewards(&self, model: &CausalLm, split: Split, temperature: f64) -> Result<Vec<f64>> {
+        let problems = match split {
+            Split::Test => &self.eval,
+            Split::Validation => &self.validation,
+        };
+        if problems.is_empty() {
+            return Ok(vec![]);
+        }
+        let prompts = problems
             .iter()
             .map(|p| self.tokenizer.encode(&p.prompt()))
             .collect::<Result<Vec<_>>>()?;
         let cfg = SampleConfig {
             max_new_tokens: self.max_new_tokens(),
-            temperature: self.config.eval_temperature,
+            temperature,
             seed: self.config.seed ^ 0xe7a1,
             batch_size: 512,
             ..SampleConfig::default()
@@ -332,7 +394,7 @@ impl BuiltinWorld {
         .iter()
         .map(|s| {
             let text = tok.decode(&s.tokens, true)?;
-            Ok(task::gold_reward(&self.eval[s.prompt], &text))
+            Ok(task::gold_reward(&problems[s.prompt], &text))
         })
         .collect()
     }
@@ -377,11 +439,12 @@ impl World for BuiltinWorld {
 
     fn describe(&self) -> String {
         format!(
-            "{}: addition of numbers below {}, {} offline pairs, {} eval prompts",
+            "{}: addition of numbers below {}, {} offline pairs, {} test and {} validation prompts",
             self.config.name,
             self.config.operands,
             self.pairs.len(),
-            self.eval.len()
+            self.eval.len(),
+            self.validation.len()
         )
     }
 
@@ -429,13 +492,19 @@ impl World for BuiltinWorld {
         Some(Rc::new(TaskReward { annotator: None }))
     }
 
-    fn evaluate(&self, policy: &Policy) -> Result<Vec<(&'static str, f64)>> {
-        let e = self.evaluate_model(policy.model())?;
-        Ok(vec![
-            ("eval/gold_reward", e.gold_reward),
-            ("eval/success", e.success),
-            ("eval/win_rate", e.win_rate),
-        ])
+    fn evaluate(&self, policy: &Policy, split: Split) -> Result<Vec<(String, f64)>> {
+        let e = self.evaluate_model(policy.model(), split)?;
+        let name = |m: &str| format!("{}/{m}", split.prefix());
+        let mut out = vec![
+            (name("gold_reward"), e.gold_reward),
+            (name("success"), e.success),
+            (name("win_rate"), e.win_rate),
+        ];
+        if let Some((gold, success)) = e.greedy {
+            out.push((name("greedy_gold_reward"), gold));
+            out.push((name("greedy_success"), success));
+        }
+        Ok(out)
     }
 }
 

@@ -4,7 +4,7 @@
 //! reports the reward model's mean reward on the evaluation prompts and the win rate against the
 //! initial policy (greedy or seeded samples, the same prompts for both).
 
-use super::World;
+use super::{Split, World};
 use crate::data::encode::{render, Text};
 use crate::data::pairs::{located_pairs, located_prompts, Pair};
 use crate::generate::SampleConfig;
@@ -236,8 +236,14 @@ impl World for FileWorld {
         None
     }
 
-    /// `eval/reward` (the reward model's mean) and `eval/win_rate` against the initial policy.
-    fn evaluate(&self, policy: &Policy) -> Result<Vec<(&'static str, f64)>> {
+    /// `eval/reward` (the reward model's mean) and `eval/win_rate` against the initial policy,
+    /// on the spec's `eval` prompts, the only held-out split such a world has.
+    fn evaluate(&self, policy: &Policy, split: Split) -> Result<Vec<(String, f64)>> {
+        if split == Split::Validation {
+            anyhow::bail!(
+                "a world from files has one held-out split, its `eval` prompts (\"test\")"
+            );
+        }
         if self.baseline.borrow().is_none() {
             let b = self.eval_rewards(&self.initial)?;
             *self.baseline.borrow_mut() = Some(b);
@@ -247,8 +253,11 @@ impl World for FileWorld {
         let baseline = baseline.as_ref().expect("computed above");
         let mean = rewards.iter().sum::<f64>() / rewards.len() as f64;
         Ok(vec![
-            ("eval/reward", mean),
-            ("eval/win_rate", crate::reward::win_rate(&rewards, baseline)),
+            ("eval/reward".into(), mean),
+            (
+                "eval/win_rate".into(),
+                crate::reward::win_rate(&rewards, baseline),
+            ),
         ])
     }
 }

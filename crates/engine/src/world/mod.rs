@@ -18,8 +18,35 @@ use crate::data::encode::Text;
 use crate::data::pairs::Pair;
 use crate::policy::Policy;
 use crate::reward::RewardModel;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::rc::Rc;
+
+/// Which held-out prompts an evaluation uses: the validation split for choosing settings, the
+/// test split (`eval`) for reported numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Validation,
+    Test,
+}
+
+impl Split {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "validation" => Ok(Split::Validation),
+            "test" => Ok(Split::Test),
+            other => bail!("unknown split {other:?}: the splits are \"validation\" and \"test\""),
+        }
+    }
+
+    /// The metric prefix: `eval/` for the test split (the name every run has logged), and
+    /// `validation/`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Split::Validation => "validation",
+            Split::Test => "eval",
+        }
+    }
+}
 
 pub trait World {
     fn name(&self) -> &str;
@@ -50,6 +77,7 @@ pub trait World {
     /// The true reward, where the world knows it (evaluation only, never training data).
     fn gold(&self) -> Option<Rc<dyn RewardModel>>;
 
-    /// Named metrics (`eval/...`) of a policy on the evaluation prompts.
-    fn evaluate(&self, policy: &Policy) -> Result<Vec<(&'static str, f64)>>;
+    /// Named metrics of a policy on a held-out split (`eval/...` for the test split,
+    /// `validation/...`).
+    fn evaluate(&self, policy: &Policy, split: Split) -> Result<Vec<(String, f64)>>;
 }
