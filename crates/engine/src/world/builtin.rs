@@ -335,10 +335,7 @@ impl BuiltinWorld {
     /// comparisons are paired) and scores them with the gold reward; with `greedy_eval`, the
     /// greedy answers too.
     pub fn evaluate_model(&self, model: &CausalLm, split: Split) -> Result<Evaluation> {
-        let (problems, warm) = match split {
-            Split::Test => (&self.eval, &self.warm_eval),
-            Split::Validation => (&self.validation, &self.warm_validation),
-        };
+        let (problems, warm) = self.held_out(split);
         if problems.is_empty() {
             bail!(
                 "the world {} has no {} split (validation_size is 0)",
@@ -363,12 +360,17 @@ impl BuiltinWorld {
         })
     }
 
+    /// The prompts of a held-out split, and the warm-up policy's gold rewards on them.
+    fn held_out(&self, split: Split) -> (&[Problem], &[f64]) {
+        match split {
+            Split::Test => (&self.eval, &self.warm_eval),
+            Split::Validation => (&self.validation, &self.warm_validation),
+        }
+    }
+
     /// The gold reward of one answer per prompt of `split`, decoded at `temperature`.
     fn rewards(&self, model: &CausalLm, split: Split, temperature: f64) -> Result<Vec<f64>> {
-        let problems = match split {
-            Split::Test => &self.eval,
-            Split::Validation => &self.validation,
-        };
+        let (problems, _) = self.held_out(split);
         if problems.is_empty() {
             return Ok(vec![]);
         }
