@@ -86,7 +86,7 @@ enum Command {
     /// data, capability-limited online data, a biased annotator), each property beside its
     /// target.
     World {
-        /// A built-in world: default, tiny or premise.
+        /// A built-in world: default, tiny, premise or a premise-* variant (a bad name lists them).
         name: String,
         /// Training prompts and offline pairs measured.
         #[arg(long, default_value_t = PremiseConfig::default().prompts)]

@@ -121,9 +121,14 @@ fn the_worlds_are_named_and_an_unknown_one_lists_them() {
     let premise = WorldConfig::preset("premise").unwrap();
     assert_eq!(premise.offline_form, Form::Worked);
     let err = WorldConfig::preset("nope").unwrap_err().to_string();
-    for name in ["default", "tiny", "premise"] {
+    for name in metaapo::world::builtin::NAMES {
         assert!(err.contains(name), "{err}");
+        assert_eq!(WorldConfig::preset(name).unwrap().name, name);
     }
+    // Each variant differs from the premise world in one setting.
+    let on_policy = WorldConfig::preset("premise-on-policy").unwrap();
+    assert_eq!(on_policy.offline_form, Form::Plain);
+    assert_eq!(on_policy.sft_teacher, premise.sft_teacher);
 }
 
 #[test]

@@ -91,7 +91,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "world",
         "(name: String) -> World",
-        "A built-in world, \"default\", \"tiny\" (seconds to build; for tests and the REPL) or \"premise\" (built to hold the paper's premise; `metaapo world premise`), or a world from files: a path to a world .json (policy, reward, pairs, prompts, eval, lr, max_new_tokens, eval_temperature).",
+        "A built-in world, \"default\", \"tiny\" (seconds to build; for tests and the REPL) or \"premise\" (built to hold the paper's premise; `metaapo world premise`) and its variants \"premise-noisy-labels\", \"premise-unbiased-annotator\", \"premise-capable-policy\", \"premise-on-policy\" (each flips one property), or a world from files: a path to a world .json (policy, reward, pairs, prompts, eval, lr, max_new_tokens, eval_temperature).",
         move |name: &str| match world::files::spec_path(name) {
             Some(path) => {
                 let spec = WorldSpec::from_file(&path).map_err(fail("world"))?;

@@ -68,6 +68,17 @@ pub struct WorldConfig {
     pub lr: f64,
 }
 
+/// The built-in worlds' names, as `world(NAME)` and `metaapo world NAME` take them.
+pub const NAMES: [&str; 7] = [
+    "default",
+    "tiny",
+    "premise",
+    "premise-noisy-labels",
+    "premise-unbiased-annotator",
+    "premise-capable-policy",
+    "premise-on-policy",
+];
+
 impl WorldConfig {
     /// `default` (the one scripts run on) or `tiny` (seconds; for tests and the REPL).
     pub fn preset(name: &str) -> Result<Self> {
@@ -108,6 +119,34 @@ impl WorldConfig {
             greedy_eval: false,
             lr: 1e-4,
         };
+        // Built to hold the paper's premise (docs/ALGORITHMS.md, "The premise a world must
+        // hold"), its settings fixed from that premise alone: a stronger offline author
+        // that shows its work, which the policy never does; an SFT teacher that nearly
+        // always forgets the carries, so many prompts are beyond the policy; labels mostly
+        // right; an annotator that over-rewards a right units digit.
+        let premise = Self {
+            name: "premise".into(),
+            sft_teacher: Teacher {
+                drop_hundreds: 0.9,
+                forget_carry: 0.95,
+                off_by_one: 0.1,
+                off_by_ten: 0.0,
+                swap_digits: 0.0,
+            },
+            pair_teacher: Teacher {
+                drop_hundreds: 0.0,
+                forget_carry: 0.1,
+                off_by_one: 0.1,
+                off_by_ten: 0.05,
+                swap_digits: 0.05,
+            },
+            offline_form: Form::Worked,
+            label_noise: 0.05,
+            annotator_bias: 0.5,
+            validation_size: 500,
+            greedy_eval: true,
+            ..default.clone()
+        };
         match name {
             "default" => Ok(default),
             // Small enough to build in seconds, trained enough (gold about 0.6) that a reduced
@@ -126,36 +165,32 @@ impl WorldConfig {
                 eval_temperature: 0.0,
                 ..default
             }),
-            // Built to hold the paper's premise (docs/ALGORITHMS.md, "The premise a world must
-            // hold"), its settings fixed from that premise alone: a stronger offline author
-            // that shows its work, which the policy never does; an SFT teacher that nearly
-            // always forgets the carries, so many prompts are beyond the policy; labels mostly
-            // right; an annotator that over-rewards a right units digit.
-            "premise" => Ok(Self {
-                name: "premise".into(),
-                sft_teacher: Teacher {
-                    drop_hundreds: 0.9,
-                    forget_carry: 0.95,
-                    off_by_one: 0.1,
-                    off_by_ten: 0.0,
-                    swap_digits: 0.0,
-                },
-                pair_teacher: Teacher {
-                    drop_hundreds: 0.0,
-                    forget_carry: 0.1,
-                    off_by_one: 0.1,
-                    off_by_ten: 0.05,
-                    swap_digits: 0.05,
-                },
-                offline_form: Form::Worked,
-                label_noise: 0.05,
-                annotator_bias: 0.5,
-                validation_size: 500,
-                greedy_eval: true,
-                ..default
+            "premise" => Ok(premise),
+            // Each variant flips one property of the premise world, to the default world's
+            // setting where it has one, so a suite of worlds shows where each method should win.
+            "premise-noisy-labels" => Ok(Self {
+                name: name.into(),
+                label_noise: default.label_noise,
+                ..premise
+            }),
+            "premise-unbiased-annotator" => Ok(Self {
+                name: name.into(),
+                annotator_bias: 0.0,
+                ..premise
+            }),
+            "premise-capable-policy" => Ok(Self {
+                name: name.into(),
+                sft_teacher: default.sft_teacher.clone(),
+                ..premise
+            }),
+            "premise-on-policy" => Ok(Self {
+                name: name.into(),
+                offline_form: Form::Plain,
+                ..premise
             }),
             other => bail!(
-                "unknown world {other:?}: the built-in worlds are `default`, `tiny` and `premise`"
+                "unknown world {other:?}: the built-in worlds are {}",
+                NAMES.join(", ")
             ),
         }
     }
