@@ -80,7 +80,8 @@ pub const NAMES: [&str; 7] = [
 ];
 
 impl WorldConfig {
-    /// `default` (the one scripts run on) or `tiny` (seconds; for tests and the REPL).
+    /// A built-in world by name ([`NAMES`]): `default` (the one scripts run on), `tiny` (seconds;
+    /// for tests and the REPL), `premise` and its variants.
     pub fn preset(name: &str) -> Result<Self> {
         let default = Self {
             name: "default".into(),
@@ -279,7 +280,7 @@ impl BuiltinWorld {
             );
         }
         let (train, mut eval) = task::split(config.operands, held_out, config.seed);
-        let validation = eval.split_off(config.eval_size.min(eval.len()));
+        let validation = eval.split_off(config.eval_size);
         let dir = config.cache_path()?;
         let warm = if dir.join(hf::WEIGHTS).exists() {
             hf::load(&dir, device, DType::F32, false)

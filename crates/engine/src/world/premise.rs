@@ -134,24 +134,26 @@ pub fn measure(world: &BuiltinWorld, cfg: &PremiseConfig) -> Result<Vec<Check>> 
         if !texts.iter().any(|t| task::gold_reward(p, t) == 1.0) {
             none_right += 1;
         }
-        let by = |a: &task::Annotator| -> Option<(&String, &String)> {
-            let score = |t: &String| task::annotator_reward(p, t, a);
-            let best = texts.iter().max_by(|a, b| score(a).total_cmp(&score(b)))?;
-            let worst = texts.iter().min_by(|a, b| score(a).total_cmp(&score(b)))?;
-            (score(best) > score(worst)).then_some((best, worst))
+        // The online pair: the annotator's best and worst sample, each scored once.
+        let scored: Vec<(f64, &String)> = texts
+            .iter()
+            .map(|t| (task::annotator_reward(p, t, &annotator), t))
+            .collect();
+        let best = scored.iter().max_by(|a, b| a.0.total_cmp(&b.0));
+        let worst = scored.iter().min_by(|a, b| a.0.total_cmp(&b.0));
+        let (Some(&(high, best)), Some(&(low, worst))) = (best, worst) else {
+            continue;
         };
-        let wrong = |(best, worst): (&String, &String)| {
-            task::gold_reward(p, best) < task::gold_reward(p, worst)
-        };
-        if let Some(pair) = by(&annotator) {
-            online_pairs += 1;
-            if wrong(pair) {
-                misordered += 1;
-                // Systematic where the annotator's noise-free part orders the pair the same
-                // wrong way: the misorder is not the noise's doing.
-                let score = |t: &String| task::annotator_reward(p, t, &quiet);
-                systematic += (score(pair.0) > score(pair.1)) as usize;
-            }
+        if high == low {
+            continue;
+        }
+        online_pairs += 1;
+        if task::gold_reward(p, best) < task::gold_reward(p, worst) {
+            misordered += 1;
+            // Systematic where the annotator's noise-free part orders the pair the same wrong
+            // way: the misorder is not the noise's doing.
+            let quiet = |t: &String| task::annotator_reward(p, t, &quiet);
+            systematic += (quiet(best) > quiet(worst)) as usize;
         }
     }
     let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
