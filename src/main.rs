@@ -4,7 +4,7 @@ use metaapo::atomic::Replace;
 use metaapo::device::{parse_device, parse_dtype};
 use metaapo::host::limits::Limits;
 use metaapo::host::repl::Repl;
-use metaapo::host::resolver::find_script;
+use metaapo::host::resolver::{find_script, script_stem};
 use metaapo::host::run::{catch_ctrl_c, interrupted, Run, RunOptions};
 use metaapo::host::{script_help, Host, FAMILIES};
 use metaapo::world::premise::{self, PremiseConfig};
@@ -86,7 +86,7 @@ enum Command {
     /// data, capability-limited online data, a biased annotator), each property beside its
     /// target.
     World {
-        /// A built-in world: default, tiny, premise or a premise-* variant (a bad name lists them).
+        /// A built-in world: default, one of its variants, legacy or tiny (a bad name lists them).
         name: String,
         /// Training prompts and offline pairs measured.
         #[arg(long, default_value_t = PremiseConfig::default().prompts)]
@@ -122,12 +122,8 @@ fn options(
                 .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let stem = Path::new(name)
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| "run".into());
     Ok(RunOptions {
-        name: stem,
+        name: script_stem(name),
         out: None,
         seed,
         device: parse_device(device)?,

@@ -303,7 +303,7 @@ fn the_published_optimizer_restarts_a_cosine_schedule_every_iteration() {
         assert!((lr[1] - 1e-4).abs() < 1e-12, "{lr:?}");
         assert!(lr.windows(2).skip(1).all(|w| w[1] <= w[0]), "{lr:?}");
         let last = *lr.last().unwrap();
-        assert!(last >= 1e-5 && last < 5e-5, "{lr:?}");
+        assert!((1e-5..5e-5).contains(&last), "{lr:?}");
     }
 }
 
@@ -328,46 +328,157 @@ fn init_from_starts_from_a_dpo_run_with_the_sft_reference() {
     assert!(w.iter().any(|x| x != &w[0]), "{w:?}");
 }
 
+/// A CSV file's rows as maps from its header's names.
+fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            header
+                .iter()
+                .cloned()
+                .zip(rec.iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+const COMPARE: [&str; 5] = [
+    "lrs=[1e-4, 3e-4]",
+    "betas=[0.1]",
+    "validation_seeds=[0]",
+    "test_seeds=[1, 2]",
+    "methods=[\"online_dpo\", \"metaapo_dpo\"]",
+];
+
 #[test]
-fn compare_writes_the_table_and_the_plots() {
+fn compare_chooses_on_validation_reports_on_test_and_resumes() {
     let dir = scratch("compare");
     let out = dir.join("cmp");
-    run(
-        "compare.rhai",
-        &out,
-        &["seeds=[0, 1]", "methods=[\"online_dpo\", \"metaapo_dpo\"]"],
-    );
-    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
-    let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(
-        lines[0],
-        "method,gold,win_rate,annotations,annotation_ratio,seconds"
-    );
-    assert!(
-        lines[1].starts_with("online_dpo,") && lines[1].contains(",1,"),
-        "{csv}"
-    );
-    assert!(
-        lines[2].starts_with("metaapo_dpo,") && lines[2].contains(" ± "),
-        "{csv}"
-    );
-    assert_eq!(lines.len(), 3);
-    assert!(std::fs::read_to_string(out.join("results.md"))
-        .unwrap()
-        .contains("| metaapo_dpo"));
+    run("compare.rhai", &out, &COMPARE);
+    // The grid: every method at every setting, on the validation split.
+    let grid = csv_rows(&out.join("grid.csv"));
+    assert_eq!(grid.len(), 4, "{grid:?}");
+    let gold = |method: &str, lr: &str| -> f64 {
+        let row = grid
+            .iter()
+            .find(|r| r["method"] == method && r["lr"] == lr)
+            .unwrap();
+        row["validation gold"].parse().unwrap()
+    };
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for method in ["online_dpo", "metaapo_dpo"] {
+        let lr = summary["chosen"][method][0].as_f64().unwrap();
+        let best = if gold(method, "0.0003") > gold(method, "0.0001") {
+            3e-4
+        } else {
+            1e-4
+        };
+        assert_eq!(lr, best, "{method} keeps its best validation setting");
+        let run: Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                out.join(format!("runs/{method}-lr0.0001-beta0.1-s0/params.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(run["params"]["split"], "validation");
+    }
+    // The report: test seeds, mean ± CI, steps, annotations and the test against the focus.
+    let results = csv_rows(&out.join("results.csv"));
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["method"], "online_dpo");
+    assert_eq!(results[0]["annotation_ratio"], "1");
+    assert!(results[0]["gold"].contains(" ± "), "{results:?}");
+    let p: f64 = results[0]["p vs focus"].parse().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{results:?}");
+    assert_eq!(results[1]["p vs focus"], "-");
+    assert!(results[1]["steps"].parse::<u64>().unwrap() > 0);
     for plot in ["gold_vs_step.svg", "meta_weights.svg"] {
         let svg = std::fs::read_to_string(out.join(plot)).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<text"), "{plot}");
     }
-    for sub in [
-        "online_dpo-s0",
-        "online_dpo-s1",
-        "metaapo_dpo-s0",
-        "metaapo_dpo-s1",
-    ] {
-        assert!(
-            out.join("runs").join(sub).join("summary.json").is_file(),
-            "{sub}"
-        );
+    let test_run = out.join("runs/metaapo_dpo-test-s2");
+    let params = std::fs::read_to_string(test_run.join("params.json")).unwrap();
+    assert!(params.contains("\"split\": \"test\""), "{params}");
+
+    // A comparison stopped part-way: the unfinished run is set aside, not deleted, and run
+    // again; the completed ones are reused, and the results are the same.
+    std::fs::remove_file(test_run.join("summary.json")).unwrap();
+    let again = dir.join("again");
+    let runs = format!("runs={}", out.join("runs").display());
+    let mut set = COMPARE.to_vec();
+    set.push(&runs);
+    run("compare.rhai", &again, &set);
+    assert!(out
+        .join("runs/metaapo_dpo-test-s2.set-aside-1/metrics.jsonl")
+        .is_file());
+    let log = std::fs::read_to_string(again.join("run.log")).unwrap();
+    assert_eq!(
+        log.matches("completed earlier, reused").count(),
+        4 + 3,
+        "{log}"
+    );
+    let gold = |rows: &[std::collections::HashMap<String, String>]| -> Vec<String> {
+        rows.iter().map(|r| r["gold"].clone()).collect()
+    };
+    assert_eq!(gold(&csv_rows(&again.join("results.csv"))), gold(&results));
+
+    // Runs made with other settings are not reused under the same names: they are moved aside
+    // and the jobs run again.
+    let other = dir.join("other");
+    set.push("settings=#{ online_dpo: [2e-4, 0.1], metaapo_dpo: [2e-4, 0.1] }");
+    run("compare.rhai", &other, &set);
+    let log = std::fs::read_to_string(other.join("run.log")).unwrap();
+    assert_eq!(log.matches("completed earlier, reused").count(), 0, "{log}");
+    assert_eq!(log.matches("one with other settings").count(), 4, "{log}");
+    let params = std::fs::read_to_string(test_run.join("params.json")).unwrap();
+    assert!(params.contains("\"lr\": 0.0002"), "{params}");
+    assert!(out
+        .join("runs/metaapo_dpo-test-s2.set-aside-2/summary.json")
+        .is_file());
+}
+
+#[test]
+fn compare_names_a_bad_grid_or_method_entry() {
+    let dir = scratch("compare-bad");
+    for (i, (set, says)) in [
+        ("lrs=[1e-4, -1.0]", "lrs: -1"),
+        ("betas=[]", "betas: the grid needs"),
+        (
+            "methods=[\"dpo:beta\"]",
+            "\"beta\" in \"dpo:beta\" is not key=value",
+        ),
+        ("methods=[\"dpo:lr=1.0\"]", "sets lr"),
+        ("methods=[\"nope\"]", "no script \"nope\""),
+        ("settings=#{dpo: [1e-4]}", "settings: dpo must be [lr, β]"),
+        ("test_seeds=[1]", "test_seeds"),
+        ("focus=nope", "focus \"nope\""),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compare.rhai");
+        let o = Command::new(env!("CARGO_BIN_EXE_metaapo"))
+            .env("METAAPO_CACHE", common::shared_cache())
+            .arg("script")
+            .arg(&script)
+            .args(["--set", "world=tiny", "--set", set])
+            // A method list gets its one method as the focus.
+            .args(match set.strip_prefix("methods=[\"") {
+                Some(spec) => vec![
+                    "--set".to_string(),
+                    format!("focus={}", spec.trim_end_matches("\"]")),
+                ],
+                None => vec![],
+            })
+            .arg("--out")
+            .arg(dir.join(i.to_string()))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{set}: {err}");
     }
 }

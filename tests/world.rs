@@ -26,7 +26,7 @@ fn gold_reward_by_hand() {
     }
     assert_eq!(Problem::parse("47+38="), Some(p));
     assert_eq!(Problem::parse("47+38"), None);
-    // The premise world's offline author shows its work; the final number is judged.
+    // The default world's offline author shows its work; the final number is judged.
     assert_eq!(p.worked("85"), "77+8=85");
     assert_eq!(Form::Worked.write(&p, "75"), "77+8=75");
     assert_eq!(Form::Plain.write(&p, "75"), "75");
@@ -118,15 +118,15 @@ fn teachers_make_their_mistakes_at_their_rates() {
 
 #[test]
 fn the_worlds_are_named_and_an_unknown_one_lists_them() {
-    let premise = WorldConfig::preset("premise").unwrap();
+    let premise = WorldConfig::preset("default").unwrap();
     assert_eq!(premise.offline_form, Form::Worked);
     let err = WorldConfig::preset("nope").unwrap_err().to_string();
     for name in metaapo::world::builtin::NAMES {
         assert!(err.contains(name), "{err}");
         assert_eq!(WorldConfig::preset(name).unwrap().name, name);
     }
-    // Each variant differs from the premise world in one setting.
-    let on_policy = WorldConfig::preset("premise-on-policy").unwrap();
+    // Each variant differs from the default world in one setting.
+    let on_policy = WorldConfig::preset("on-policy").unwrap();
     assert_eq!(on_policy.offline_form, Form::Plain);
     assert_eq!(on_policy.sft_teacher, premise.sft_teacher);
 }
@@ -192,7 +192,7 @@ fn the_validation_split_is_held_out_and_greedy_evaluation_is_reported() {
     assert_eq!(g.gold_reward, greedy_gold);
     assert!(g.greedy.is_none());
     // Without a validation split there is nothing to evaluate on.
-    let err = tiny()
+    let err = tiny_with(|c| c.validation_size = 0)
         .evaluate_model(&model, Split::Validation)
         .unwrap_err();
     assert!(err.to_string().contains("no validation split"), "{err}");

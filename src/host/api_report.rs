@@ -7,9 +7,9 @@ use super::registry::{error, fail, Family, Res};
 use super::run::Run;
 use super::values::map_to_json;
 use crate::report::plot::{self, Labels, Series};
-use crate::report::table;
+use crate::report::{stats, table};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use rhai::{Array, Map};
+use rhai::{Array, Dynamic, Map};
 use serde_json::Value;
 use std::path::Path;
 use std::rc::Rc;
@@ -185,6 +185,35 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
                 })
                 .collect::<Res<Vec<_>>>()?;
             svg(&r, "box_plot", name, &opts, |path, labels| plot::box_chart(path, labels, &groups))
+        },
+    );
+    api.func(
+        "mean_ci",
+        "(values: Array) -> Map",
+        "#{ mean, ci, n }: the mean and the half-width of its 95% Student-t confidence interval (at least 2 values).",
+        |xs: Dynamic| -> Res<Map> {
+            let xs = numbers(&xs, "mean_ci values")?;
+            let (mean, ci) = stats::mean_ci(&xs, 0.95).map_err(fail("mean_ci"))?;
+            Ok(Map::from_iter([
+                ("mean".into(), mean.into()),
+                ("ci".into(), ci.into()),
+                ("n".into(), (xs.len() as i64).into()),
+            ]))
+        },
+    );
+    api.func(
+        "welch_t_test",
+        "(a: Array, b: Array) -> Map",
+        "#{ t, df, p }: Welch's t-test of mean(a) = mean(b) (unequal variances), p two-sided.",
+        |a: Dynamic, b: Dynamic| -> Res<Map> {
+            let a = numbers(&a, "welch_t_test a")?;
+            let b = numbers(&b, "welch_t_test b")?;
+            let (t, df, p) = stats::welch(&a, &b).map_err(fail("welch_t_test"))?;
+            Ok(Map::from_iter([
+                ("t".into(), t.into()),
+                ("df".into(), df.into()),
+                ("p".into(), p.into()),
+            ]))
         },
     );
 }

@@ -91,7 +91,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "world",
         "(name: String) -> World",
-        "A built-in world, \"default\", \"tiny\" (seconds to build; for tests and the REPL) or \"premise\" (built to hold the paper's premise; `metaapo world premise`) and its variants \"premise-noisy-labels\", \"premise-unbiased-annotator\", \"premise-capable-policy\", \"premise-on-policy\" (each flips one property), or a world from files: a path to a world .json (policy, reward, pairs, prompts, eval, lr, max_new_tokens, eval_temperature).",
+        "A built-in world: \"default\" (built to hold the paper's premise; `metaapo world default` measures it), its variants \"noisy-labels\", \"unbiased-annotator\", \"capable-policy\", \"on-policy\" (each flips one property), \"legacy\" (the earlier default, which inverts the premise), \"tiny\" (seconds to build; for tests and the REPL), or a world from files: a path to a world .json (policy, reward, pairs, prompts, eval, lr, max_new_tokens, eval_temperature).",
         move |name: &str| match world::files::spec_path(name) {
             Some(path) => {
                 let spec = WorldSpec::from_file(&path).map_err(fail("world"))?;
@@ -198,13 +198,13 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "evaluate",
         "(policy: Policy, world: World) -> Map",
-        "evaluate(policy, world, \"test\"): the numbers to report. Built-in worlds: eval/gold_reward, eval/success and eval/win_rate (vs the warm-up policy), and eval/greedy_gold_reward and eval/greedy_success where the world also decodes greedily (premise); worlds from files: eval/reward (the reward model's mean) and eval/win_rate (vs the initial policy).",
+        "evaluate(policy, world, \"test\"): the numbers to report. Built-in worlds: eval/gold_reward, eval/success and eval/win_rate (vs the warm-up policy), and eval/greedy_gold_reward and eval/greedy_success where the world also decodes greedily (default and its variants); worlds from files: eval/reward (the reward model's mean) and eval/win_rate (vs the initial policy).",
         |p: Policy, w: WorldHandle| evaluate(&p, &w, Split::Test),
     );
     api.func(
         "evaluate",
         "(policy: Policy, world: World, split: String) -> Map",
-        "The same metrics on a held-out split: \"test\" (eval/...) or \"validation\" (validation/..., for choosing settings; built-in worlds with a validation split, such as premise).",
+        "The same metrics on a held-out split: \"test\" (eval/...) or \"validation\" (validation/..., for choosing settings; built-in worlds with a validation split: default and its variants).",
         |p: Policy, w: WorldHandle, split: &str| {
             evaluate(&p, &w, Split::parse(split).map_err(fail("evaluate"))?)
         },

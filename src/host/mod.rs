@@ -15,6 +15,7 @@ pub mod api_tensor;
 pub mod api_train;
 pub mod api_world;
 pub mod errors;
+pub mod jobs;
 pub mod limits;
 pub mod opts;
 pub mod registry;

@@ -46,6 +46,14 @@ fn with_ext(name: &str) -> String {
     }
 }
 
+/// A script's name without folder or extension: what names its runs (`scripts/dpo.rhai` -> `dpo`).
+pub fn script_stem(name: &str) -> String {
+    Path::new(name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "run".into())
+}
+
 /// Finds a script: a local file, else a bundled one (`dpo`, `dpo.rhai` or `scripts/dpo.rhai`).
 /// Returns its display name and text.
 pub fn find_script(name: &str) -> anyhow::Result<(String, String)> {

@@ -3,6 +3,7 @@
 //! summary table. Every line is flushed as written, so an interrupted run loses nothing.
 
 pub mod plot;
+pub mod stats;
 pub mod table;
 
 use crate::atomic;

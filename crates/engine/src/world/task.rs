@@ -31,7 +31,7 @@ impl Problem {
         self.a % 10 + self.b % 10 >= 10
     }
 
-    /// The answer `answer` with its work shown, as the premise world's offline author writes it:
+    /// The answer `answer` with its work shown, as the default world's offline author writes it:
     /// the tens of `b` added first, then its units ("47+38=" -> "77+8=85").
     pub fn worked(&self, answer: &str) -> String {
         let units = self.b % 10;
