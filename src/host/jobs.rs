@@ -74,10 +74,11 @@ fn same_value(text: &str, recorded: &serde_json::Value) -> bool {
     }
 }
 
-/// Whether `dir` holds a completed run of this very job: the same script, seed and `--set`
-/// values, as its params.json recorded them. A run made with other settings is not this job's
-/// result, whatever its folder is called.
-pub fn done(job: &Job, dir: &Path) -> bool {
+/// Whether the job's folder holds a completed run of this very job: the same script (by name,
+/// not content), seed and `--set` values, as its params.json recorded them. A run made with
+/// other settings is not this job's result, whatever its folder is called.
+fn done(job: &Job) -> bool {
+    let dir = &job.dir;
     let Some(record) = read_json(&dir.join("params.json")) else {
         return false;
     };
@@ -177,7 +178,7 @@ pub fn run_all(
             .any(|o| matches!(o, Some(Outcome::Failed(_))));
         while running.len() < parallel && next < jobs.len() && !interrupted() && !failed {
             let job = &jobs[next];
-            if done(job, &job.dir) {
+            if done(job) {
                 report(next, &Outcome::Reused, 0.0);
                 outcomes[next] = Some(Outcome::Reused);
             } else {
@@ -206,7 +207,7 @@ pub fn run_all(
             {
                 Some(status) => {
                     let (index, _, started) = running.swap_remove(i);
-                    let outcome = if status.success() && done(&jobs[index], &jobs[index].dir) {
+                    let outcome = if status.success() && done(&jobs[index]) {
                         Outcome::Completed
                     } else {
                         Outcome::Failed(failure(&jobs[index], status))
