@@ -177,6 +177,10 @@ impl Report {
         );
         summary.insert("last".into(), Value::Object(self.last.clone()));
         self.write_json("summary.json", &Value::Object(summary))?;
+        // A run that logged no numbers (a comparison of sub-runs) has no table to show.
+        if !self.last.values().any(|v| v.is_number()) {
+            return Ok(format!("run directory: {}", self.dir.display()));
+        }
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED);
         table.set_header(vec!["metric", "first", "last"]);
