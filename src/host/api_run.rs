@@ -136,6 +136,18 @@ pub fn register(api: &mut Family, run: &Rc<Run>, runner: Runner) {
     );
 }
 
+/// The `set` option of a sub-run: its parameters as `--set` texts (none when absent).
+fn set_values(o: &Opts, what: &str) -> Res<Vec<(String, String)>> {
+    let Some(v) = o.get("set") else {
+        return Ok(vec![]);
+    };
+    Ok(v.read_lock::<Map>()
+        .ok_or_else(|| error(format!("{what}: `set` must be a map of parameters")))?
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
 /// One `run_scripts` job from its map: the script, seed (the parent's), set values and name.
 fn job(parent: &Run, value: &Dynamic, runs: &Path, index: usize) -> Res<(String, Job)> {
     let what = format!("run_scripts job {index}");
@@ -150,15 +162,7 @@ fn job(parent: &Run, value: &Dynamic, runs: &Path, index: usize) -> Res<(String,
         return Err(error(format!("{what}: needs a `script`")));
     }
     let seed = o.usize("seed", parent.options.seed as usize)? as u64;
-    let set = match o.get("set") {
-        None => vec![],
-        Some(v) => v
-            .read_lock::<Map>()
-            .ok_or_else(|| error(format!("{what}: `set` must be a map of parameters")))?
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    };
+    let set = set_values(&o, &what)?;
     let (name, _) = find_script(&script).map_err(fail("run_scripts"))?;
     let stem = script_stem(&name);
     let label = o.string("name", &format!("{stem}-s{seed}"))?;
@@ -306,13 +310,7 @@ fn read_run(parent: &Run, dir: &Path, status: &str) -> Res<Map> {
 fn sub_run(parent: &Rc<Run>, runner: Runner, script: &str, opts: &Map) -> Res<Map> {
     let o = Opts::new("run_script options", opts);
     let seed = o.usize("seed", parent.options.seed as usize)? as u64;
-    let set = match o.get("set") {
-        None => Map::new(),
-        Some(v) => v
-            .read_lock::<Map>()
-            .map(|m| m.clone())
-            .ok_or_else(|| error("run_script options: `set` must be a map of parameters"))?,
-    };
+    let set = set_values(&o, "run_script options")?;
     let (name, text) = find_script(script).map_err(fail("run_script"))?;
     let stem = script_stem(&name);
     let label = o.string("name", &format!("{stem}-s{seed}"))?;
@@ -338,10 +336,7 @@ fn sub_run(parent: &Rc<Run>, runner: Runner, script: &str, opts: &Map) -> Res<Ma
         out: Some(dir.clone()),
         seed,
         device: parent.options.device.clone(),
-        overrides: set
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        overrides: set,
         limits: parent.options.limits,
         parents,
         help: false,
