@@ -400,6 +400,14 @@ fn compare_chooses_on_validation_reports_on_test_and_resumes() {
         let svg = std::fs::read_to_string(out.join(plot)).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<text"), "{plot}");
     }
+    // The focus method's meta weights per iteration: quartiles and the share sent online.
+    let weights = csv_rows(&out.join("meta_weights.csv"));
+    assert_eq!(weights.len(), 3, "{weights:?}");
+    for w in &weights {
+        let q = |k: &str| w[k].parse::<f64>().unwrap();
+        assert!(q("q1") <= q("median") && q("median") <= q("q3"), "{w:?}");
+        assert!((0.0..=1.0).contains(&q("online fraction")), "{w:?}");
+    }
     let test_run = out.join("runs/metaapo_dpo-test-s2");
     let params = std::fs::read_to_string(test_run.join("params.json")).unwrap();
     assert!(params.contains("\"split\": \"test\""), "{params}");
