@@ -176,14 +176,16 @@ fn script_saves_refuse_foreign_folders_and_replace_only_when_asked() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
 
+    // A name of this process's own, so no other folder of that name can fail the check.
+    let escape = format!("escape-{}", std::process::id());
     let out = fails(
         &dir,
         "escape.rhai",
-        "let p = world(\"tiny\").policy();\nlet opt = optimizer(p, #{ lr: 1e-3 });\nopt.checkpoint(\"../../x\");\n",
+        &format!("let p = world(\"tiny\").policy();\nlet opt = optimizer(p, #{{ lr: 1e-3 }});\nopt.checkpoint(\"../../{escape}\");\n"),
         &[],
     );
     contains(&out, &["checkpoint", "plain folder name", "escape.rhai:3"]);
-    assert!(!dir.join("x").exists() && !dir.parent().unwrap().join("x").exists());
+    assert!(!dir.join(&escape).exists() && !dir.parent().unwrap().join(&escape).exists());
 }
 
 // ---- checkpoints survive a kill at any point --------------------------------------------------
