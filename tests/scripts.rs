@@ -446,7 +446,7 @@ fn unknown_set_key_lists_the_known_ones() {
     assert!(!o.status.success());
     assert!(stderr.contains("unknown parameter `betta`"), "{stderr}");
     assert!(
-        stderr.contains("batch, beta, epochs, lr, max_pairs, rpo_alpha, split, world"),
+        stderr.contains("batch, beta, epochs, gradient_checkpointing, lora_rank, lr, max_pairs, rpo_alpha, split, world"),
         "{stderr}"
     );
 

@@ -9,23 +9,29 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-/// `smollm2` (SmolLM2-135M's shape) or `30m`.
+/// `smollm2` (SmolLM2-135M's shape), `30m`, or `llama-1b` (Llama-3.2-1B's shape, 1.24B).
 pub fn config(name: &str) -> Result<ModelConfig> {
-    let (hidden, inter, layers, heads, kv, theta) = match name {
-        "smollm2" => (576, 1536, 30, 9, 3, 100000.0),
-        "30m" => (256, 768, 6, 4, 2, 10000.0),
-        other => anyhow::bail!("unknown config {other}: smollm2 or 30m"),
+    let (hidden, inter, layers, heads, kv, theta, vocab) = match name {
+        "smollm2" => (576, 1536, 30, 9, 3, 100000.0, 49152),
+        "30m" => (256, 768, 6, 4, 2, 10000.0, 49152),
+        "llama-1b" => (2048, 8192, 16, 32, 8, 500000.0, 128256),
+        other => anyhow::bail!("unknown config {other}: smollm2, 30m or llama-1b"),
     };
     ModelConfig::from_json(json!({
-        "architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "hidden_size": hidden,
+        "architectures": ["LlamaForCausalLM"], "vocab_size": vocab, "hidden_size": hidden,
         "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
         "num_key_value_heads": kv, "rope_theta": theta, "rms_norm_eps": 1e-5,
         "tie_word_embeddings": true, "max_position_embeddings": 2048,
     }))
 }
 
-/// A model of config `name` with uniform(-0.02, 0.02) weights and unit norms, f32.
-pub fn random_model(name: &str, device: &Device, trainable: bool) -> Result<CausalLm> {
+/// A model of config `name` in `dtype`, with uniform(-0.02, 0.02) weights and unit norms.
+pub fn random_model(
+    name: &str,
+    device: &Device,
+    dtype: DType,
+    trainable: bool,
+) -> Result<CausalLm> {
     let cfg = config(name)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let tensors = parameter_shapes(&cfg)
@@ -44,7 +50,7 @@ pub fn random_model(name: &str, device: &Device, trainable: bool) -> Result<Caus
             Ok((n, Tensor::from_vec(v, shape, device)?))
         })
         .collect::<Result<_>>()?;
-    CausalLm::from_tensors(cfg, tensors, "random weights", DType::F32, trainable)
+    CausalLm::from_tensors(cfg, tensors, "random weights", dtype, trainable)
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {

@@ -76,6 +76,7 @@ fn params(run: &Run, defaults: Map) -> Res<Map> {
         "script": run.options.name,
         "seed": run.options.seed,
         "device": format!("{:?}", run.options.device),
+        "dtype": run.options.dtype.as_str(),
         "params": to_json(&Dynamic::from_map(out.clone())),
     });
     run.report()
@@ -219,6 +220,7 @@ fn sub_runs(parent: &Rc<Run>, list: Array, opts: &Map) -> Res<Array> {
                 return Err(error("run_scripts: metaapo runs on cpu or cuda only"))
             }
         },
+        dtype: parent.options.dtype.as_str().into(),
         limits: parent.options.limits,
         threads: jobs::default_parallel() / parallel,
     };
@@ -336,6 +338,7 @@ fn sub_run(parent: &Rc<Run>, runner: Runner, script: &str, opts: &Map) -> Res<Ma
         out: Some(dir.clone()),
         seed,
         device: parent.options.device.clone(),
+        dtype: parent.options.dtype,
         overrides: set,
         limits: parent.options.limits,
         parents,

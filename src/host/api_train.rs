@@ -151,7 +151,12 @@ fn resume(run: &Run, path: &Path, opt: &Optimizer) -> Res<Map> {
         let o = &mut *o;
         let model = o.policy.model();
         let device = model.device().clone();
-        let (saved, _) = hf::load(&dir, &device, model.dtype(), false)?;
+        // A LoRA policy's checkpoint holds its adapter only (as PEFT saves it).
+        let saved = if model.lora().is_some() {
+            model.with_adapter_dir(&dir)?
+        } else {
+            hf::load(&dir, &device, model.dtype(), false)?.0
+        };
         model.assign(&saved)?;
         o.trainer
             .optimizer_mut()

@@ -128,11 +128,15 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
             open_builtin(&r, c)
         },
     );
+    let dtype = run.options.dtype;
     api.func(
         "policy",
         "(world: World) -> Policy",
         "A fresh trainable copy of the world's initial (for the built-in worlds, warmed-up) policy.",
-        |w: &mut WorldHandle| -> Res<Policy> { w.0.policy().map_err(fail("policy")) },
+        move |w: &mut WorldHandle| -> Res<Policy> {
+            let policy = w.0.policy().and_then(|p| p.with_dtype(dtype));
+            policy.map_err(fail("policy"))
+        },
     );
     api.getter(
         "World",

@@ -38,6 +38,7 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Launch {
     pub device: String,
+    pub dtype: String,
     pub limits: Limits,
     /// Compute threads per process: the machine's cores shared among the parallel jobs, so
     /// they do not oversubscribe it.
@@ -121,7 +122,9 @@ fn spawn(job: &Job, launch: &Launch) -> Result<Child> {
         .arg("--out")
         .arg(&job.dir)
         .arg("--device")
-        .arg(&launch.device);
+        .arg(&launch.device)
+        .arg("--dtype")
+        .arg(&launch.dtype);
     for (flag, value) in [
         ("--max-call-depth", l.max_call_depth),
         ("--max-expr-depth", l.max_expr_depth),

@@ -6,7 +6,7 @@ use super::limits::Limits;
 use crate::report::Report;
 use crate::world::World;
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{DType, Device};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::{Cell, RefCell, RefMut};
@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     pub seed: u64,
     pub device: Device,
+    /// The policy's dtype (f32 unless `--dtype`); the reference follows the policy.
+    pub dtype: DType,
     /// `--set key=value`, in order.
     pub overrides: Vec<(String, String)>,
     pub limits: Limits,

@@ -98,3 +98,22 @@ pub fn policy_and_reward(dir: &std::path::Path, world: &metaapo::world::BuiltinW
     }
     world.tokenizer.save(&rm).unwrap();
 }
+
+/// The DPO loss of two fixed pairs (ids within the tiny configs' vocabularies).
+pub fn dpo_loss(policy: &CausalLm, reference: &CausalLm) -> Tensor {
+    use metaapo::data::encode::EncodedSeq;
+    let s = |ids: &[u32], p| EncodedSeq {
+        ids: ids.to_vec(),
+        prompt_len: p,
+    };
+    let chosen = [s(&[5, 6, 7, 20, 21, 2], 3), s(&[8, 9, 30, 2], 2)];
+    let rejected = [s(&[5, 6, 7, 25, 2], 3), s(&[8, 9, 31, 32, 33, 2], 2)];
+    let pol = metaapo::score::pair_logps(policy, &chosen, &rejected, 0).unwrap();
+    let refs = metaapo::score::pair_logps(reference, &chosen, &rejected, 0)
+        .unwrap()
+        .detach();
+    let cfg = metaapo::objective::DpoConfig::default();
+    metaapo::objective::dpo(&pol, &refs, &cfg, None)
+        .unwrap()
+        .loss
+}

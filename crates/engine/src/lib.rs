@@ -18,6 +18,7 @@ pub mod policy;
 pub mod report;
 pub mod reward;
 pub mod score;
+pub mod selftest;
 pub mod textfile;
 pub mod train;
 pub mod world;

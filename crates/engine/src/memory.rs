@@ -21,8 +21,24 @@ pub fn peak_rss_mib() -> Option<f64> {
 }
 
 /// Memory this process can still take, in bytes: Linux `MemAvailable`, or a cgroup limit when
-/// that is lower. Unknown (another OS) is unlimited.
+/// that is lower, plus what this process freed and kept ([`keep_freed_memory`]): the OS counts
+/// that as used, but the next allocation takes it first. Unknown (another OS) is unlimited.
 pub fn available_bytes() -> f64 {
+    system_available() + kept_free()
+}
+
+/// Bytes freed by this process that its heap kept (glibc's `mallinfo2().fordblks`).
+fn kept_free() -> f64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    unsafe {
+        libc::mallinfo2().fordblks as f64
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    0.0
+}
+
+fn system_available() -> f64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
         let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
         line.split_whitespace()

@@ -71,6 +71,62 @@ impl Policy {
         Ok(Self::new(model, tok, path))
     }
 
+    /// This policy with its weights in `dtype` (itself if already): `--dtype bf16` trains in
+    /// bf16, its optimizer keeping f32 master weights.
+    pub fn with_dtype(&self, dtype: DType) -> Result<Self> {
+        let model = &self.0.model;
+        if model.dtype() == dtype {
+            return Ok(self.clone());
+        }
+        if model.lora().is_some() {
+            anyhow::bail!(
+                "a policy with LoRA adapters keeps its dtype: choose --dtype before adding them"
+            );
+        }
+        crate::device::check_dtype(model.device(), dtype)?;
+        let tensors = model.named_tensors().iter().cloned().collect();
+        let converted = CausalLm::from_tensors(
+            model.config.clone(),
+            tensors,
+            &self.0.name,
+            dtype,
+            model.is_trainable(),
+        )?;
+        Ok(Self::new(converted, self.0.tokenizer.clone(), &self.0.name))
+    }
+
+    /// This policy with fresh LoRA adapters (only they train); the tokenizer is shared.
+    pub fn with_lora(&self, cfg: &crate::model::lora::LoraConfig) -> Result<Self> {
+        let model = self.0.model.with_lora(cfg)?;
+        Ok(Self::new(model, self.0.tokenizer.clone(), &self.0.name))
+    }
+
+    /// This policy with the adapter of a PEFT directory, trainable.
+    pub fn with_adapter(&self, dir: &std::path::Path) -> Result<Self> {
+        let model = self.0.model.with_adapter_dir(dir)?;
+        Ok(Self::new(model, self.0.tokenizer.clone(), &self.0.name))
+    }
+
+    /// This policy (the same weights) with gradient checkpointing per decoder layer on or off.
+    pub fn with_checkpointing(&self, on: bool) -> Result<Self> {
+        let model = self.0.model.with_checkpointing(on)?;
+        Ok(Self::new(model, self.0.tokenizer.clone(), &self.0.name))
+    }
+
+    /// The adapters folded into the weights: a plain trainable policy a HF directory holds.
+    pub fn merged(&self) -> Result<Self> {
+        let merged = self.0.model.merged()?;
+        let tensors = merged.named_tensors().iter().cloned().collect();
+        let model = CausalLm::from_tensors(
+            merged.config.clone(),
+            tensors,
+            &self.0.name,
+            merged.dtype(),
+            true,
+        )?;
+        Ok(Self::new(model, self.0.tokenizer.clone(), &self.0.name))
+    }
+
     pub fn model(&self) -> &CausalLm {
         &self.0.model
     }

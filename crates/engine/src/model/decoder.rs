@@ -3,9 +3,12 @@
 //! a sequence scores the same alone, left-padded or right-padded.
 
 use super::config::{Architecture, ModelConfig};
+use super::lora::Adapter;
 use crate::kernels::{attention_bias, rms_norm, Rope};
 use anyhow::Result;
-use candle_core::{DType, Tensor, D};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var, D};
+use std::collections::HashMap;
 
 /// The parameters a config calls for, with HF names and shapes, in HF order.
 pub fn parameter_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -57,16 +60,21 @@ fn o_proj_bias(c: &ModelConfig) -> bool {
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    adapter: Option<Adapter>,
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `train`: a forward without a KV cache, where an adapter's dropout applies.
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
-        let y = x.reshape((b * t, d))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(bias) => y.broadcast_add(bias)?,
-            None => y,
-        };
+        let x = x.reshape((b * t, d))?;
+        let mut y = x.matmul(&self.weight.t()?)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        if let Some(adapter) = &self.adapter {
+            y = (y + adapter.delta(&x, train)?)?;
+        }
         y.reshape((b, t, ()))
     }
 }
@@ -82,6 +90,91 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
+}
+
+impl Layer {
+    /// The layer's projections with their HF module names under `prefix`.
+    fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        [
+            ("self_attn.q_proj", &mut self.q),
+            ("self_attn.k_proj", &mut self.k),
+            ("self_attn.v_proj", &mut self.v),
+            ("self_attn.o_proj", &mut self.o),
+            ("mlp.gate_proj", &mut self.gate),
+            ("mlp.up_proj", &mut self.up),
+            ("mlp.down_proj", &mut self.down),
+        ]
+    }
+}
+
+/// What every layer of one forward shares: RoPE tables and the attention bias.
+#[derive(Debug, Clone)]
+struct LayerConsts {
+    cos: Tensor,
+    sin: Tensor,
+    bias: Tensor,
+}
+
+/// A checkpointed forward awaiting its backward pass: the decoder (its weights are shared, not
+/// copied), each layer's input (the first one still attached to the embedding) and the leaf
+/// that stands for the last layer's output.
+struct Checkpointed {
+    decoder: Decoder,
+    inputs: Vec<Tensor>,
+    consts: LayerConsts,
+    last: Var,
+}
+
+thread_local! {
+    /// Checkpointed forwards since the last backward that used one. Per thread, as autograd is:
+    /// the loss that consumes a forward is built and back-propagated on the thread that ran it.
+    static PENDING: std::cell::RefCell<Vec<Checkpointed>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Completes `grads` (the store of a `loss.backward()`) for `vars` through the checkpointed
+/// forwards the loss used: each layer runs again from its saved input, and the gradient
+/// arriving at its output is pushed through it with `(out · g).sum().backward()`. Forwards the
+/// loss did not use are dropped once some forward was used (a later loss cannot use them: they
+/// belonged to this step), and kept when none was (a backward of another model, such as the
+/// meta-learner's, between a forward and its own loss).
+pub fn replay_checkpoints(grads: &mut GradStore, vars: &[(String, Var)]) -> Result<()> {
+    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let (used, unused): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|c| grads.get(c.last.as_tensor()).is_some());
+    if used.is_empty() {
+        PENDING.with(|p| *p.borrow_mut() = unused);
+        return Ok(());
+    }
+    for c in used {
+        let mut g = grads.remove(c.last.as_tensor()).expect("partitioned on it");
+        for l in (0..c.decoder.layers.len()).rev() {
+            let input = if l == 0 {
+                None
+            } else {
+                Some(Var::from_tensor(&c.inputs[l])?)
+            };
+            let x = input.as_ref().map_or(&c.inputs[0], |v| v.as_tensor());
+            let out = c.decoder.layer(l, x, &c.consts, None)?;
+            let layer_grads = (out * &g)?.sum_all()?.backward()?;
+            for (_, var) in vars {
+                if let Some(lg) = layer_grads.get(var.as_tensor()) {
+                    let sum = match grads.get(var.as_tensor()) {
+                        Some(acc) => (acc + lg)?,
+                        None => lg.clone(),
+                    };
+                    grads.insert(var.as_tensor(), sum);
+                }
+            }
+            if let Some(v) = input {
+                g = match layer_grads.get(v.as_tensor()) {
+                    Some(grad) => grad.clone(),
+                    None => v.as_tensor().zeros_like()?,
+                };
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Keys and values of earlier positions, one entry per layer, for incremental decoding.
@@ -148,6 +241,7 @@ impl Decoder {
                 } else {
                     None
                 },
+                adapter: None,
             })
         };
         let layers = (0..c.num_hidden_layers)
@@ -191,12 +285,27 @@ impl Decoder {
         })
     }
 
+    /// This decoder with `adapters` (by module name, e.g. `model.layers.0.self_attn.q_proj`) on
+    /// its projections and none elsewhere; the weights are shared, not copied.
+    pub fn with_adapters(&self, adapters: &HashMap<String, Adapter>) -> Self {
+        let mut out = self.clone();
+        for (l, layer) in out.layers.iter_mut().enumerate() {
+            for (name, linear) in layer.linears_mut() {
+                linear.adapter = adapters.get(&format!("model.layers.{l}.{name}")).cloned();
+            }
+        }
+        out
+    }
+
     /// Final-norm hidden states `(B, T, hidden)`. With a cache, keys and values of these
     /// positions are appended to it.
+    /// `checkpoint`: a training forward (no cache) keeps only each layer's input, and the layers
+    /// run again in the backward pass (see [`replay_checkpoints`]).
     pub fn hidden_states(
         &self,
         input: &DecoderInput,
         cache: Option<&mut KvCache>,
+        checkpoint: bool,
     ) -> Result<Tensor> {
         let (b, t) = input.ids.dims2()?;
         let dtype = self.embed.dtype();
@@ -211,15 +320,57 @@ impl Decoder {
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize(self.layers.len(), None);
         }
-        for (l, layer) in self.layers.iter().enumerate() {
+        let consts = LayerConsts { cos, sin, bias };
+        if checkpoint && cache.is_none() {
+            return self.checkpointed(x, consts);
+        }
+        for l in 0..self.layers.len() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            let h = rms_norm(&x, &layer.input_norm, self.eps)?;
-            x = (x + self.attention(layer, &h, &cos, &sin, &bias, slot)?)?;
-            let h = rms_norm(&x, &layer.post_norm, self.eps)?;
-            let mlp = (layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?;
-            x = (x + layer.down.forward(&mlp)?)?;
+            x = self.layer(l, &x, &consts, slot)?;
         }
         Ok(rms_norm(&x, &self.norm, self.eps)?)
+    }
+
+    /// Decoder layer `l` on `x`; without a cache it is a training forward (adapter dropout).
+    fn layer(
+        &self,
+        l: usize,
+        x: &Tensor,
+        c: &LayerConsts,
+        slot: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> candle_core::Result<Tensor> {
+        let layer = &self.layers[l];
+        let train = slot.is_none();
+        let h = rms_norm(x, &layer.input_norm, self.eps)?;
+        let x = (x + self.attention(layer, &h, &c.cos, &c.sin, &c.bias, slot)?)?;
+        let h = rms_norm(&x, &layer.post_norm, self.eps)?;
+        let mlp = (layer.gate.forward(&h, train)?.silu()? * layer.up.forward(&h, train)?)?;
+        x + layer.down.forward(&mlp, train)?
+    }
+
+    /// The layers run one at a time with no graph kept between them: only each layer's input
+    /// stays (B·T·hidden numbers a layer), not its activations. The final hidden state becomes a
+    /// leaf variable; [`replay_checkpoints`] runs each layer again during the backward pass.
+    fn checkpointed(&self, embedded: Tensor, consts: LayerConsts) -> Result<Tensor> {
+        let mut inputs = vec![embedded.clone()];
+        let mut x = embedded.detach();
+        for l in 0..self.layers.len() {
+            x = self.layer(l, &x, &consts, None)?.detach();
+            if l + 1 < self.layers.len() {
+                inputs.push(x.clone());
+            }
+        }
+        let last = Var::from_tensor(&x)?;
+        let out = rms_norm(last.as_tensor(), &self.norm, self.eps)?;
+        PENDING.with(|p| {
+            p.borrow_mut().push(Checkpointed {
+                decoder: self.clone(),
+                inputs,
+                consts,
+                last,
+            })
+        });
+        Ok(out)
     }
 
     /// Logits over the vocabulary for hidden states of shape `(B, T, hidden)`.
@@ -227,12 +378,13 @@ impl Decoder {
         let lm_head = Linear {
             weight: self.lm_head.clone(),
             bias: None,
+            adapter: None,
         };
-        Ok(lm_head.forward(hidden)?)
+        Ok(lm_head.forward(hidden, false)?)
     }
 
     pub fn forward(&self, input: &DecoderInput, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        self.logits(&self.hidden_states(input, cache)?)
+        self.logits(&self.hidden_states(input, cache, false)?)
     }
 
     fn attention(
@@ -245,10 +397,19 @@ impl Decoder {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        let train = cache.is_none();
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
-        let q = Rope::apply(&heads(layer.q.forward(x)?, self.num_heads)?, cos, sin)?;
-        let mut k = Rope::apply(&heads(layer.k.forward(x)?, self.num_kv_heads)?, cos, sin)?;
-        let mut v = heads(layer.v.forward(x)?, self.num_kv_heads)?;
+        let q = Rope::apply(
+            &heads(layer.q.forward(x, train)?, self.num_heads)?,
+            cos,
+            sin,
+        )?;
+        let mut k = Rope::apply(
+            &heads(layer.k.forward(x, train)?, self.num_kv_heads)?,
+            cos,
+            sin,
+        )?;
+        let mut v = heads(layer.v.forward(x, train)?, self.num_kv_heads)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -273,7 +434,7 @@ impl Decoder {
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
-        layer.o.forward(&out)
+        layer.o.forward(&out, train)
     }
 
     fn repeat_kv(&self, x: Tensor) -> candle_core::Result<Tensor> {

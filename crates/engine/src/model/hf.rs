@@ -118,8 +118,20 @@ pub fn save_as(
     .with_context(|| format!("saving the model to {}", dir.display()))
 }
 
-/// Writes the HF files into an existing folder (used inside atomic checkpoint writes).
+/// Writes the HF files into an existing folder (used inside atomic checkpoint writes). A model
+/// with LoRA adapters is written as its PEFT adapter (what `peft` saves), not as full weights.
 pub fn write_into(dir: &Path, model: &CausalLm, tokenizer: Option<&TextTokenizer>) -> Result<()> {
+    if let Some((cfg, adapters)) = model.lora() {
+        let base = model.config.raw["_name_or_path"]
+            .as_str()
+            .unwrap_or_default();
+        super::lora::write_into(dir, cfg, adapters, base)?;
+        if let Some(tok) = tokenizer {
+            tok.save(dir)?;
+            atomic::fault_point("the tokenizer files");
+        }
+        return Ok(());
+    }
     let config = model.config.to_hf_json(torch_dtype(model.dtype()));
     std::fs::write(
         dir.join("config.json"),

@@ -6,6 +6,7 @@ pub mod decoder;
 pub mod gguf;
 pub mod hf;
 pub mod init;
+pub mod lora;
 pub mod template;
 pub mod tokenizer;
 pub mod weights;
@@ -14,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use config::ModelConfig;
 use decoder::{parameter_shapes, Decoder, DecoderInput, KvCache};
+use lora::{Adapter, LoraConfig};
 use std::collections::HashMap;
 
 /// A causal language model: the decoder plus its named parameters.
@@ -28,6 +30,11 @@ pub struct CausalLm {
     decoder: Decoder,
     params: Vec<(String, Tensor)>,
     vars: Vec<(String, Var)>,
+    /// LoRA adapters `(module, A, B)`: then only they are trainable (`vars`), and `params`,
+    /// the base weights, are frozen.
+    lora: Option<(LoraConfig, Vec<(String, Tensor, Tensor)>)>,
+    /// Gradient checkpointing per decoder layer in training forwards.
+    checkpointing: bool,
 }
 
 impl CausalLm {
@@ -82,11 +89,178 @@ impl CausalLm {
             decoder,
             params,
             vars,
+            lora: None,
+            checkpointing: false,
         })
     }
 
-    /// A frozen deep copy: shares no storage with `self`, tracks no gradients.
+    /// This model with fresh LoRA adapters: only they train. The base weights are shared with
+    /// `self` when it is frozen, copied when it is trainable (its own optimizer could move them).
+    pub fn with_lora(&self, cfg: &LoraConfig) -> Result<Self> {
+        if self.lora.is_some() {
+            bail!("lora: this policy already has LoRA adapters");
+        }
+        let params: Vec<(String, Tensor)> = if self.is_trainable() {
+            self.frozen()?.params
+        } else {
+            self.params.clone()
+        };
+        let shapes: Vec<(String, Vec<usize>)> = params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+            .collect();
+        let adapters = lora::init(cfg, &shapes, self.device(), self.dtype())?;
+        self.adapted(params, cfg.clone(), adapters, true)
+    }
+
+    /// A model over base `params` with `adapters`, trainable (adapters as variables, with
+    /// dropout) or frozen.
+    fn adapted(
+        &self,
+        params: Vec<(String, Tensor)>,
+        cfg: LoraConfig,
+        adapters: Vec<(String, Tensor, Tensor)>,
+        trainable: bool,
+    ) -> Result<Self> {
+        let dropout = if trainable { lora::dropout(&cfg) } else { None };
+        let (mut vars, mut held, mut by_module) = (vec![], vec![], HashMap::new());
+        for (module, a, b) in adapters {
+            let (a, b) = if trainable {
+                let (va, vb) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
+                let pair = (va.as_tensor().clone(), vb.as_tensor().clone());
+                vars.push((format!("{module}.lora_A.weight"), va));
+                vars.push((format!("{module}.lora_B.weight"), vb));
+                pair
+            } else {
+                (a.detach(), b.detach())
+            };
+            let adapter = Adapter {
+                a: a.clone(),
+                b: b.clone(),
+                scale: cfg.scale(),
+                dropout: dropout.clone(),
+            };
+            by_module.insert(module.clone(), adapter);
+            held.push((module, a, b));
+        }
+        let base = Self::assemble(self.config.clone(), params, vec![])?;
+        Self {
+            decoder: base.decoder.with_adapters(&by_module),
+            vars,
+            lora: Some((cfg, held)),
+            ..base
+        }
+        .with_checkpointing(trainable && self.checkpointing)
+    }
+
+    /// This model with the adapters read from a PEFT directory, trainable.
+    pub fn with_adapter_dir(&self, dir: &std::path::Path) -> Result<Self> {
+        let (cfg, adapters) = lora::read(dir, self.device())?;
+        let expected: HashMap<String, Vec<usize>> = self
+            .params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+            .collect();
+        let mut converted = vec![];
+        for (module, a, b) in adapters {
+            let Some(shape) = expected.get(&format!("{module}.weight")) else {
+                bail!(
+                    "{}: the adapter targets `{module}`, which this model does not have",
+                    dir.display()
+                );
+            };
+            if a.dims()[1] != shape[1] || b.dims()[0] != shape[0] {
+                bail!(
+                    "{}: `{module}`'s adapter is {:?}·{:?}, the model's weight is {shape:?}",
+                    dir.display(),
+                    b.dims(),
+                    a.dims()
+                );
+            }
+            converted.push((module, a.to_dtype(self.dtype())?, b.to_dtype(self.dtype())?));
+        }
+        let params = if self.is_trainable() {
+            self.frozen()?.params
+        } else {
+            self.params.clone()
+        };
+        self.adapted(params, cfg, converted, true)
+    }
+
+    /// This model (the same weights, not a copy) with gradient checkpointing per decoder layer
+    /// on or off: a training forward then keeps each layer's input instead of its activations,
+    /// and the backward pass runs every layer a second time.
+    pub fn with_checkpointing(&self, on: bool) -> Result<Self> {
+        if on && self.lora.as_ref().is_some_and(|(c, _)| c.dropout > 0.0) {
+            bail!("gradient checkpointing with LoRA dropout is not supported: the recomputed layers would draw new dropout masks (set the adapter's dropout to 0)");
+        }
+        Ok(Self {
+            checkpointing: on,
+            ..self.clone()
+        })
+    }
+
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    /// The LoRA config and adapters `(module, A, B)`, if this model has any.
+    pub fn lora(&self) -> Option<(&LoraConfig, &[(String, Tensor, Tensor)])> {
+        self.lora.as_ref().map(|(c, a)| (c, a.as_slice()))
+    }
+
+    /// A frozen model with the adapters folded into the weights (`W + (alpha/r)·B·A`), which a
+    /// HF directory can hold.
+    pub fn merged(&self) -> Result<Self> {
+        let Some((cfg, adapters)) = &self.lora else {
+            return self.frozen();
+        };
+        let deltas: HashMap<String, Tensor> = adapters
+            .iter()
+            .map(|(m, a, b)| {
+                let delta =
+                    (b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)? * cfg.scale())?;
+                Ok((format!("{m}.weight"), delta))
+            })
+            .collect::<Result<_>>()?;
+        let params = self
+            .params
+            .iter()
+            .map(|(n, t)| {
+                let t = match deltas.get(n) {
+                    Some(d) => (t.to_dtype(DType::F32)? + d)?.to_dtype(t.dtype())?,
+                    None => t.detach().copy()?,
+                };
+                Ok((n.clone(), t))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::assemble(self.config.clone(), params, vec![])
+    }
+
+    /// A frozen copy that nothing done to `self` can change, tracking no gradients. With LoRA
+    /// the base weights, frozen already, are shared and only the adapters are copied; adapters
+    /// still at their start (B = 0) are dropped, so the reference is the base model with the
+    /// adapter off and costs no second copy.
     pub fn frozen(&self) -> Result<Self> {
+        if let Some((cfg, adapters)) = &self.lora {
+            let mut untouched = true;
+            for (_, _, b) in adapters {
+                untouched &= b
+                    .abs()?
+                    .max_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?
+                    == 0.0;
+            }
+            if untouched {
+                return Self::assemble(self.config.clone(), self.params.clone(), vec![]);
+            }
+            let copies = adapters
+                .iter()
+                .map(|(m, a, b)| Ok((m.clone(), a.detach().copy()?, b.detach().copy()?)))
+                .collect::<Result<Vec<_>>>()?;
+            return self.adapted(self.params.clone(), cfg.clone(), copies, false);
+        }
         let params = self
             .params
             .iter()
@@ -98,8 +272,13 @@ impl CausalLm {
     /// Sets every trainable variable to the same-named parameter of `other` (a resumed
     /// checkpoint), in place, so optimizers and views keep pointing at them.
     pub fn assign(&self, other: &CausalLm) -> Result<()> {
-        let theirs: HashMap<&str, &Tensor> =
-            other.params.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut theirs: HashMap<String, Tensor> = other.params.iter().cloned().collect();
+        if let Some((_, adapters)) = &other.lora {
+            for (m, a, b) in adapters {
+                theirs.insert(format!("{m}.lora_A.weight"), a.clone());
+                theirs.insert(format!("{m}.lora_B.weight"), b.clone());
+            }
+        }
         for (name, var) in &self.vars {
             let t = theirs
                 .get(name.as_str())
@@ -130,8 +309,18 @@ impl CausalLm {
         &self.params
     }
 
+    /// Base parameters plus adapters.
     pub fn num_parameters(&self) -> usize {
-        self.params.iter().map(|(_, t)| t.elem_count()).sum()
+        let adapters = self.lora.as_ref().map_or(0, |(_, a)| {
+            a.iter()
+                .map(|(_, a, b)| a.elem_count() + b.elem_count())
+                .sum()
+        });
+        self.params
+            .iter()
+            .map(|(_, t)| t.elem_count())
+            .sum::<usize>()
+            + adapters
     }
 
     pub fn device(&self) -> &Device {
@@ -147,7 +336,8 @@ impl CausalLm {
         input: &DecoderInput,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        self.decoder.hidden_states(input, cache)
+        let checkpoint = self.checkpointing && self.is_trainable();
+        self.decoder.hidden_states(input, cache, checkpoint)
     }
 
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {

@@ -22,6 +22,7 @@ impl Gradients {
             bail!("the loss is {value}; the micro-batch was skipped and no weight changed");
         }
         let mut store = loss.backward()?;
+        crate::model::decoder::replay_checkpoints(&mut store, vars)?;
         for (_, var) in vars {
             if let Some(g) = store.remove(var.as_tensor()) {
                 let sum = match self.sums.remove(&var.id()) {

@@ -3,7 +3,9 @@
 //!
 //! On CPU with f32 parameters the update is one fused in-place pass over parameter, gradient and
 //! moments (candle-nn's AdamW spends ~13 tensor ops and 3 copies per parameter). Elsewhere the
-//! same formula runs as candle ops, with f32 moments.
+//! same formula runs as candle ops, with f32 moments. Half-precision parameters get f32 master
+//! weights: an update smaller than half a bf16 step (lr 1e-6 on a weight of 0.1) would
+//! otherwise round away every time.
 
 use super::grads::Gradients;
 use anyhow::{bail, Context, Result};
@@ -50,6 +52,8 @@ enum Moments {
     Device {
         m: Tensor,
         v: Tensor,
+        /// The f32 copy that is updated, for parameters stored in half precision.
+        master: Option<Tensor>,
     },
 }
 
@@ -122,6 +126,7 @@ impl AdamW {
                     Moments::Device {
                         m: zeros.clone(),
                         v: zeros,
+                        master: master_of(var)?,
                     }
                 };
                 let decay = !config.no_decay.iter().any(|p| name.contains(p.as_str()));
@@ -205,24 +210,58 @@ impl AdamW {
                     let op = FusedAdamW { k: kernel, state };
                     slot.var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
                 }
-                Moments::Device { m, v } => {
-                    let (pm, pv, p) = kernel.apply_tensors(slot.var.as_tensor(), g, m, v)?;
+                Moments::Device { m, v, master } => {
+                    let p = master.as_ref().unwrap_or(slot.var.as_tensor());
+                    let (pm, pv, p) = kernel.apply_tensors(p, g, m, v)?;
                     *m = pm;
                     *v = pv;
-                    slot.var.set(&p)?;
+                    slot.var.set(&p.to_dtype(slot.var.dtype())?)?;
+                    if let Some(master) = master {
+                        *master = p;
+                    }
                 }
             }
         }
         Ok(StepStats { grad_norm, lr })
     }
 
-    /// Writes the moments and step count as safetensors (`exp_avg.NAME`, `exp_avg_sq.NAME`).
+    /// A snapshot of every parameter in f32 as the optimizer holds it: the master copy where
+    /// there is one.
+    pub fn parameters_f32(&self) -> Result<Vec<(String, Tensor)>> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let p = match &slot.moments {
+                    Moments::Device {
+                        master: Some(master),
+                        ..
+                    } => master.copy()?,
+                    // A copy: the fused kernel updates the parameter in place.
+                    _ => slot.var.as_tensor().to_dtype(DType::F32)?.copy()?,
+                };
+                Ok((slot.name.clone(), p))
+            })
+            .collect()
+    }
+
+    /// Writes the moments, master weights and step count as safetensors (`exp_avg.NAME`,
+    /// `exp_avg_sq.NAME`, `master.NAME`).
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors = Vec::new();
         for slot in &self.slots {
             let (m, v) = self.moments_of(slot)?;
             tensors.push((format!("exp_avg.{}", slot.name), m));
             tensors.push((format!("exp_avg_sq.{}", slot.name), v));
+            if let Moments::Device {
+                master: Some(master),
+                ..
+            } = &slot.moments
+            {
+                tensors.push((
+                    format!("master.{}", slot.name),
+                    master.to_device(&candle_core::Device::Cpu)?,
+                ));
+            }
         }
         let meta = HashMap::from([
             ("step".to_string(), self.step.to_string()),
@@ -256,9 +295,18 @@ impl AdamW {
                     m.flatten_all()?.to_vec1()?,
                     v.flatten_all()?.to_vec1()?,
                 ))),
-                Moments::Device { .. } => Moments::Device {
+                Moments::Device { master, .. } => Moments::Device {
                     m: m.to_device(slot.var.device())?,
                     v: v.to_device(slot.var.device())?,
+                    // A state saved before master weights existed resumes from the parameter.
+                    master: match (
+                        master,
+                        tensors.contains_key(&format!("master.{}", slot.name)),
+                    ) {
+                        (Some(_), true) => Some(get("master")?.to_device(slot.var.device())?),
+                        (Some(_), false) => master_of(&slot.var)?,
+                        (None, _) => None,
+                    },
                 },
             };
         }
@@ -276,12 +324,20 @@ impl AdamW {
                     Tensor::from_slice(&guard.1, shape, &candle_core::Device::Cpu)?,
                 )
             }
-            Moments::Device { m, v } => (
+            Moments::Device { m, v, .. } => (
                 m.to_device(&candle_core::Device::Cpu)?,
                 v.to_device(&candle_core::Device::Cpu)?,
             ),
         })
     }
+}
+
+/// An f32 copy of a half-precision parameter; none for f32 and f64 ones.
+fn master_of(var: &Var) -> Result<Option<Tensor>> {
+    Ok(match var.dtype() {
+        DType::BF16 | DType::F16 => Some(var.as_tensor().to_dtype(DType::F32)?),
+        _ => None,
+    })
 }
 
 /// One parameter's update constants. `scale` folds micro-batch averaging and clipping into
@@ -300,6 +356,7 @@ struct Kernel {
 
 impl Kernel {
     /// PyTorch's AdamW: `p *= 1 - lr·wd; p -= (lr/bc1) · m / (sqrt(v)/sqrt(bc2) + eps)`.
+    /// Returns the new moments and the new parameter, in f32 unless `p` is f64.
     fn apply_tensors(
         &self,
         p: &Tensor,
@@ -311,9 +368,14 @@ impl Kernel {
         let m = ((m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
         let v = ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
         let denom = ((v.sqrt()? / self.bc2.sqrt())? + self.eps)?;
-        let p32 = (p.to_dtype(DType::F32)? * (1.0 - self.lr * self.wd))?;
-        let p32 = (p32 - ((&m / denom)? * (self.lr / self.bc1))?)?;
-        Ok((m, v, p32.to_dtype(p.dtype())?))
+        let wide = if p.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let p = (p.to_dtype(wide)? * (1.0 - self.lr * self.wd))?;
+        let step = ((&m / denom)? * (self.lr / self.bc1))?.to_dtype(wide)?;
+        Ok((m, v, (p - step)?))
     }
 }
 
