@@ -163,38 +163,12 @@ fn gradients_match_finite_differences() {
                 .unwrap();
             let mut worst = 0f64;
             for (name, var) in policy.vars() {
-                // Check the coordinate with the largest gradient, where relative error is meaningful.
-                let g = grads
-                    .get(var.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap();
-                let (i, &analytic) = g
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-                    .unwrap();
-                let orig = var
-                    .as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap();
-                let eval = |delta: f64| {
-                    let mut p = orig.clone();
-                    p[i] += delta;
-                    var.set(&Tensor::from_vec(p, var.shape(), var.device()).unwrap())
-                        .unwrap();
-                    loss(kind, &policy, &reference, &snapshot)
-                        .to_scalar::<f64>()
-                        .unwrap()
-                };
-                let numeric = (eval(h) - eval(-h)) / (2.0 * h);
-                var.set(&Tensor::from_vec(orig, var.shape(), var.device()).unwrap())
-                    .unwrap();
-                let rel = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-12);
+                let (i, analytic, numeric, rel) =
+                    common::finite_difference(var, grads.get(var.as_tensor()).unwrap(), h, || {
+                        loss(kind, &policy, &reference, &snapshot)
+                            .to_scalar::<f64>()
+                            .unwrap()
+                    });
                 assert!(rel < 1e-5, "{arch} {kind} {name}[{i}]: analytic {analytic:e} vs numeric {numeric:e} (rel {rel:e})");
                 worst = worst.max(rel);
             }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use metaapo::data::encode::EncodedSeq;
 use metaapo::model::lora::LoraConfig;
 use metaapo::model::{hf, CausalLm};
@@ -249,37 +249,11 @@ fn only_adapters_get_gradients_and_they_match_finite_differences() {
 
     let h = 1e-6;
     for (name, var) in policy.vars() {
-        let analytic = g
-            .get(var)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let (i, &a) = analytic
-            .iter()
-            .enumerate()
-            .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
-            .unwrap();
-        let orig = var
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let eval = |d: f64| {
-            let mut p = orig.clone();
-            p[i] += d;
-            var.set(&Tensor::from_vec(p, var.shape(), var.device()).unwrap())
-                .unwrap();
+        let (i, a, numeric, rel) = common::finite_difference(var, g.get(var).unwrap(), h, || {
             common::dpo_loss(&policy, &reference)
                 .to_scalar::<f64>()
                 .unwrap()
-        };
-        let numeric = (eval(h) - eval(-h)) / (2.0 * h);
-        var.set(&Tensor::from_vec(orig, var.shape(), var.device()).unwrap())
-            .unwrap();
-        let rel = (a - numeric).abs() / a.abs().max(numeric.abs()).max(1e-12);
+        });
         assert!(
             rel < 1e-5,
             "{name}[{i}]: analytic {a:e} vs numeric {numeric:e}"

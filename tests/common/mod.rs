@@ -117,3 +117,40 @@ pub fn dpo_loss(policy: &CausalLm, reference: &CausalLm) -> Tensor {
         .unwrap()
         .loss
 }
+
+/// One central finite difference in f64 at `var`'s coordinate with the largest analytic gradient
+/// (where a relative error means something): `(index, analytic, numeric, relative error)`.
+/// `loss` is evaluated with that coordinate moved by ±h; the variable is restored after.
+pub fn finite_difference(
+    var: &candle_core::Var,
+    grad: &Tensor,
+    h: f64,
+    loss: impl Fn() -> f64,
+) -> (usize, f64, f64, f64) {
+    let g = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let (i, &analytic) = g
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+        .unwrap();
+    let orig = var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let set = |p: Vec<f64>| {
+        var.set(&Tensor::from_vec(p, var.shape(), var.device()).unwrap())
+            .unwrap()
+    };
+    let eval = |delta: f64| {
+        let mut p = orig.clone();
+        p[i] += delta;
+        set(p);
+        loss()
+    };
+    let numeric = (eval(h) - eval(-h)) / (2.0 * h);
+    set(orig);
+    let rel = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-12);
+    (i, analytic, numeric, rel)
+}

@@ -94,23 +94,28 @@ impl CausalLm {
         })
     }
 
-    /// This model with fresh LoRA adapters: only they train. The base weights are shared with
-    /// `self` when it is frozen, copied when it is trainable (its own optimizer could move them).
+    /// This model with fresh LoRA adapters: only they train.
     pub fn with_lora(&self, cfg: &LoraConfig) -> Result<Self> {
         if self.lora.is_some() {
             bail!("lora: this policy already has LoRA adapters");
         }
-        let params: Vec<(String, Tensor)> = if self.is_trainable() {
-            self.frozen()?.params
-        } else {
-            self.params.clone()
-        };
+        let params = self.base_for_adapters()?;
         let shapes: Vec<(String, Vec<usize>)> = params
             .iter()
             .map(|(n, t)| (n.clone(), t.dims().to_vec()))
             .collect();
         let adapters = lora::init(cfg, &shapes, self.device(), self.dtype())?;
         self.adapted(params, cfg.clone(), adapters, true)
+    }
+
+    /// The base weights adapters go on: shared when this model is frozen, copied when it is
+    /// trainable (its own optimizer could move them).
+    fn base_for_adapters(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(if self.is_trainable() {
+            self.frozen()?.params
+        } else {
+            self.params.clone()
+        })
     }
 
     /// A model over base `params` with `adapters`, trainable (adapters as variables, with
@@ -179,12 +184,7 @@ impl CausalLm {
             }
             converted.push((module, a.to_dtype(self.dtype())?, b.to_dtype(self.dtype())?));
         }
-        let params = if self.is_trainable() {
-            self.frozen()?.params
-        } else {
-            self.params.clone()
-        };
-        self.adapted(params, cfg, converted, true)
+        self.adapted(self.base_for_adapters()?, cfg, converted, true)
     }
 
     /// This model (the same weights, not a copy) with gradient checkpointing per decoder layer
