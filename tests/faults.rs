@@ -4,34 +4,21 @@
 
 mod common;
 
+use common::{metaapo, text};
+
 use candle_core::DType;
 use metaapo::model::hf;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("metaapo-faults-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn metaapo(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_metaapo"));
-    c.env("METAAPO_CACHE", common::shared_cache())
-        .current_dir(dir);
-    c
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Runs a script file written into `dir`; returns the output, which must be a failure.

@@ -38,13 +38,9 @@ fn build(policy: Policy, opts: &Map) -> Res<Optimizer> {
 
 fn step(opt: &Optimizer, loss: &Tensor) -> Res<Map> {
     let mut m = Map::new();
-    if let Some(stats) = opt
-        .0
-        .borrow_mut()
-        .trainer
-        .step(&loss.0)
-        .map_err(fail("step"))?
-    {
+    let mut inner = opt.0.borrow_mut();
+    if let Some(stats) = inner.trainer.step(&loss.0).map_err(fail("step"))? {
+        inner.policy.mark_updated();
         m.insert("grad_norm".into(), Dynamic::from_float(stats.grad_norm));
         m.insert("learning_rate".into(), Dynamic::from_float(stats.lr));
     }
@@ -158,6 +154,7 @@ fn resume(run: &Run, path: &Path, opt: &Optimizer) -> Res<Map> {
             hf::load(&dir, &device, model.dtype(), false)?.0
         };
         model.assign(&saved)?;
+        o.policy.mark_updated();
         o.trainer
             .optimizer_mut()
             .load(&dir.join(checkpoint::OPTIMIZER))?;

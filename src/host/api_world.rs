@@ -5,7 +5,7 @@
 use super::opts::Opts;
 use super::registry::{error, fail, Family, Res};
 use super::run::{interrupted, Run};
-use super::types::{Pairs, WorldHandle};
+use super::types::{Pairs, ServerHandle, WorldHandle};
 use super::values::{text_to_dynamic, to_json};
 use crate::data::encode::Text;
 use crate::policy::Policy;
@@ -91,7 +91,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
     api.func(
         "world",
         "(name: String) -> World",
-        "A built-in world: \"default\" (built to hold the paper's premise; `metaapo world default` measures it), its variants \"noisy-labels\", \"unbiased-annotator\", \"capable-policy\", \"on-policy\" (each flips one property), \"legacy\" (the earlier default, which inverts the premise), \"tiny\" (seconds to build; for tests and the REPL), or a world from files: a path to a world .json (policy, reward, pairs, prompts, eval, lr, max_new_tokens, eval_temperature).",
+        "A built-in world: \"default\" (built to hold the paper's premise; `metaapo world default` measures it), its variants \"noisy-labels\", \"unbiased-annotator\", \"capable-policy\", \"on-policy\" (each flips one property), \"legacy\" (the earlier default, which inverts the premise), \"tiny\" (seconds to build; for tests and the REPL), or a world from files: a path to a world .json (policy, reward, pairs, prompts, eval, lr, max_new_tokens, eval_temperature, server).",
         move |name: &str| match world::files::spec_path(name) {
             Some(path) => {
                 let spec = WorldSpec::from_file(&path).map_err(fail("world"))?;
@@ -179,6 +179,16 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "String",
         "The world's name.",
         |w: &mut WorldHandle| w.0.name().to_string(),
+    );
+    api.getter(
+        "World",
+        "server",
+        "Server or ()",
+        "The serving engine the world's file names (its `server`: server()'s options); () samples here. pipeline::sampling syncs to it.",
+        |w: &mut WorldHandle| match w.0.server() {
+            Some(s) => Dynamic::from(ServerHandle(s)),
+            None => Dynamic::UNIT,
+        },
     );
     api.getter(
         "World",

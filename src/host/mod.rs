@@ -11,6 +11,7 @@ pub mod api_report;
 pub mod api_reward;
 pub mod api_run;
 pub mod api_score;
+pub mod api_serving;
 pub mod api_tensor;
 pub mod api_train;
 pub mod api_world;
@@ -43,12 +44,13 @@ pub struct Host {
 type Register = fn(&mut Family, &Rc<Run>);
 
 /// The API families with their registrations, in the order `metaapo api` lists them.
-pub const FAMILIES: [(&str, Register); 12] = [
+pub const FAMILIES: [(&str, Register); 13] = [
     ("model", api_model::register),
     ("data", |api, _| api_data::register(api)),
     ("score", |api, _| api_score::register(api)),
-    ("generate", |api, _| api_generate::register(api)),
+    ("generate", api_generate::register),
     ("reward", api_reward::register),
+    ("serving", api_serving::register),
     ("objective", |api, _| api_objective::register(api)),
     ("meta", api_meta::register),
     ("tensor", |api, _| api_tensor::register(api)),
@@ -87,6 +89,9 @@ pub fn describe(v: &Dynamic) -> String {
     }
     if let Some(b) = v.clone().try_cast::<types::MetaBuffer>() {
         return b.to_string();
+    }
+    if let Some(s) = v.clone().try_cast::<types::ServerHandle>() {
+        return s.to_string();
     }
     if let Some(o) = v.clone().try_cast::<types::Optimizer>() {
         return o.to_string();

@@ -56,6 +56,9 @@ pub struct Run {
     pub worlds: RefCell<HashMap<String, Rc<dyn World>>>,
     /// Reward annotations made by `annotate` so far (`online/annotations`).
     pub annotations: Cell<u64>,
+    /// Seconds spent per kind of work done on other processes (`time/<kind>_s` in the summary):
+    /// weight sync and server generation, kept apart.
+    pub timings: RefCell<std::collections::BTreeMap<&'static str, f64>>,
 }
 
 impl Run {
@@ -68,6 +71,7 @@ impl Run {
             help_defaults: RefCell::new(None),
             worlds: RefCell::new(HashMap::new()),
             annotations: Cell::new(0),
+            timings: RefCell::new(Default::default()),
         })
     }
 
@@ -110,6 +114,10 @@ impl Run {
         self.annotations.set(self.annotations.get() + n as u64);
     }
 
+    pub fn add_time(&self, kind: &'static str, seconds: f64) {
+        *self.timings.borrow_mut().entry(kind).or_default() += seconds;
+    }
+
     /// Prints to the terminal, and to `run.log` once the run has a directory.
     pub fn print(&self, line: &str) {
         match self.report.borrow_mut().as_mut() {
@@ -124,6 +132,9 @@ impl Run {
             Some(r) => {
                 let mut count = serde_json::Map::new();
                 count.insert("online/annotations".into(), self.annotations.get().into());
+                for (kind, s) in self.timings.borrow().iter() {
+                    count.insert(format!("time/{kind}_s"), (*s).into());
+                }
                 r.set_summary(count);
                 r.finish(status).map(Some)
             }

@@ -7,7 +7,7 @@ use crate::meta::{self, MetaLearner};
 use crate::policy::Policy;
 use crate::score::Scores;
 use crate::train::Trainer;
-use crate::{reward, world};
+use crate::{reward, serving, world};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -98,5 +98,27 @@ impl std::fmt::Display for Optimizer {
             "Optimizer(AdamW, {} steps)",
             self.0.borrow().trainer.steps()
         )
+    }
+}
+
+/// A serving engine as scripts hold it, with the exports its syncs wrote (the oldest are
+/// removed past `keep_exports`).
+#[derive(Clone)]
+pub struct ServerHandle(pub Rc<serving::Server>);
+
+impl std::fmt::Display for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Server({})", self.0.describe())
+    }
+}
+
+/// A pairwise LLM judge.
+#[derive(Clone)]
+pub struct PairJudge(pub Rc<serving::Judge>);
+
+impl std::fmt::Display for PairJudge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::reward::RewardModel;
+        write!(f, "PairJudge({})", self.0.describe())
     }
 }

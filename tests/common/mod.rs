@@ -154,3 +154,19 @@ pub fn finite_difference(
     let rel = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-12);
     (i, analytic, numeric, rel)
 }
+
+/// The metaapo binary, run in `dir` with the shared cache.
+pub fn metaapo(dir: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_metaapo"));
+    c.env("METAAPO_CACHE", shared_cache()).current_dir(dir);
+    c
+}
+
+/// A finished command's stdout followed by its stderr.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

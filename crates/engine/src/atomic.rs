@@ -95,7 +95,7 @@ pub fn clean_stale(dir: &Path, of: Option<&str>) {
 }
 
 /// Removes a file, or a folder with everything in it.
-fn remove_entry(path: &Path) -> std::io::Result<()> {
+pub fn remove_entry(path: &Path) -> std::io::Result<()> {
     if path.is_dir() {
         std::fs::remove_dir_all(path)
     } else {

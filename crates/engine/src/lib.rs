@@ -19,6 +19,7 @@ pub mod report;
 pub mod reward;
 pub mod score;
 pub mod selftest;
+pub mod serving;
 pub mod textfile;
 pub mod train;
 pub mod world;

@@ -12,10 +12,11 @@ use crate::model::{load_pretrained, CausalLm};
 use crate::score::{sequence_logps, PairLogps, Scores, SeqLogps};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An encoded sequence: token ids and prompt length.
 type SeqKey = (Vec<u32>, usize);
@@ -30,6 +31,26 @@ struct Inner {
     name: String,
     /// Summed and mean response log-prob per encoded sequence, for frozen models only.
     cache: RefCell<HashMap<SeqKey, (f64, f64)>>,
+    revision: Rc<Revision>,
+}
+
+/// Which weights a policy holds and how often they have changed since it was made, so a serving
+/// engine's copy of them can be told apart from a stale one. Policies that share their weights
+/// (one with gradient checkpointing switched) share it.
+#[derive(Debug)]
+struct Revision {
+    id: u64,
+    updates: Cell<u64>,
+}
+
+impl Revision {
+    fn fresh() -> Rc<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Rc::new(Self {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            updates: Cell::new(0),
+        })
+    }
 }
 
 /// Cheap to clone: clones share the model (and so its trainable weights).
@@ -45,10 +66,42 @@ pub struct Completion {
     pub tokens: Vec<u32>,
     /// Whether a stop token or string ended it (rather than `max_new_tokens`).
     pub finished: bool,
+    pub ids_from: TokenSource,
+}
+
+/// Where a completion's token ids come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Sampled here.
+    Local,
+    /// Returned by the serving engine with the text.
+    Server,
+    /// The server returned text only; the ids are the policy tokenizer's encoding of it, which
+    /// can differ from the tokens the server sampled.
+    Retokenized,
+}
+
+impl TokenSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Server => "server",
+            Self::Retokenized => "retokenized",
+        }
+    }
 }
 
 impl Policy {
     pub fn new(model: CausalLm, tokenizer: TextTokenizer, name: &str) -> Self {
+        Self::with_revision(model, tokenizer, name, Revision::fresh())
+    }
+
+    fn with_revision(
+        model: CausalLm,
+        tokenizer: TextTokenizer,
+        name: &str,
+        revision: Rc<Revision>,
+    ) -> Self {
         let encode = EncodeConfig::for_context(model.config.max_position_embeddings);
         Self(Rc::new(Inner {
             model,
@@ -56,7 +109,25 @@ impl Policy {
             encode,
             name: name.to_string(),
             cache: RefCell::new(HashMap::new()),
+            revision,
         }))
+    }
+
+    /// `(weights id, updates)`: equal for two policies exactly when they hold the same weights
+    /// at the same point of training.
+    pub fn revision(&self) -> (u64, u64) {
+        let r = &self.0.revision;
+        (r.id, r.updates.get())
+    }
+
+    /// Records that the weights changed in place (an optimizer step, a resume).
+    pub fn mark_updated(&self) {
+        let r = &self.0.revision;
+        r.updates.set(r.updates.get() + 1);
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
     }
 
     /// A policy from a HF directory, a `.gguf` file, or "smollm2" (fetched), in f32.
@@ -110,7 +181,12 @@ impl Policy {
     /// This policy (the same weights) with gradient checkpointing per decoder layer on or off.
     pub fn with_checkpointing(&self, on: bool) -> Result<Self> {
         let model = self.0.model.with_checkpointing(on)?;
-        Ok(Self::new(model, self.0.tokenizer.clone(), &self.0.name))
+        Ok(Self::with_revision(
+            model,
+            self.0.tokenizer.clone(),
+            &self.0.name,
+            self.0.revision.clone(),
+        ))
     }
 
     /// The adapters folded into the weights: a plain trainable policy a HF directory holds.
@@ -214,6 +290,17 @@ impl Policy {
         self.seq_logps(&seqs)
     }
 
+    /// A prompt as the policy generates from it: rendered with the chat template, its last
+    /// `max_prompt_length` tokens kept.
+    pub fn prompt_ids(&self, prompt: &Text) -> Result<Vec<u32>> {
+        let tok = &self.0.tokenizer;
+        let (text, _) = render(tok, prompt, &Text::Plain(String::new()))?;
+        Ok(keep_last(
+            tok.encode(&text)?,
+            self.0.encode.max_prompt_length,
+        ))
+    }
+
     /// `cfg.n` responses per prompt, prompt by prompt. Each prompt is rendered with the chat
     /// template and keeps its last `max_prompt_length` tokens, the part the policy is trained
     /// on; a response ends at a stop token or at the first of `stop` (cut off).
@@ -224,13 +311,9 @@ impl Policy {
         stop: &[String],
     ) -> Result<Vec<Completion>> {
         let tok = &self.0.tokenizer;
-        let keep = self.0.encode.max_prompt_length;
         let ids = prompts
             .iter()
-            .map(|t| {
-                let (prompt, _) = render(tok, t, &Text::Plain(String::new()))?;
-                Ok(keep_last(tok.encode(&prompt)?, keep))
-            })
+            .map(|t| self.prompt_ids(t))
             .collect::<Result<Vec<_>>>()?;
         let stop_tokens = self.stop_tokens();
         let rule = Stop {
@@ -247,6 +330,7 @@ impl Policy {
                     text,
                     tokens: s.tokens,
                     finished: s.finished,
+                    ids_from: TokenSource::Local,
                 })
             })
             .collect()

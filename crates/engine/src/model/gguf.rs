@@ -6,6 +6,7 @@ use super::tokenizer::TextTokenizer;
 use super::CausalLm;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 use std::collections::HashMap;
@@ -136,6 +137,8 @@ pub fn load(
         "tie_word_embeddings": tied,
         "bos_token_id": bos,
         "eos_token_id": eos,
+        // Where the tokenizer metadata lives, for a GGUF export of the trained model.
+        "_name_or_path": path.display().to_string(),
     }))
     .with_context(|| format!("building a config from the metadata of {}", path.display()))?;
 
@@ -163,33 +166,131 @@ pub fn load(
     Ok((model, tokenizer))
 }
 
+/// llama.cpp's names for whole-model tensors and per-layer modules, with the HF names.
+const FIXED: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+const MODULES: [(&str, &str); 9] = [
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
 /// llama.cpp tensor names to HF names.
 fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
+    if let Some((_, hf)) = FIXED.iter().find(|(g, _)| *g == gguf) {
+        return Some(hf.to_string());
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, part) = rest.split_once('.')?;
     let (module, kind) = part.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
+    let (_, hf) = MODULES.iter().find(|(g, _)| *g == module)?;
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// HF tensor names to llama.cpp names.
+fn gguf_name(hf: &str) -> Option<String> {
+    if let Some((g, _)) = FIXED.iter().find(|(_, h)| *h == hf) {
+        return Some(g.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let (g, _) = MODULES.iter().find(|(_, h)| *h == module)?;
+    Some(format!("blk.{layer}.{g}.{kind}"))
+}
+
+/// Element types of an exported GGUF file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExportType {
+    F32,
+    /// Matrices in f16; norms stay f32, as llama.cpp's converter writes them.
+    F16,
+}
+
+/// Writes `model` as a GGUF file llama.cpp can serve, atomically. Its metadata (architecture,
+/// hyper-parameters, tokenizer, chat template) is the GGUF file the model was first loaded from
+/// (`_name_or_path` in its config), with only the file type changed; the tensors are the model's
+/// current weights (merged, for a LoRA model), with llama.cpp's Q/K row permutation applied.
+pub fn export(path: &Path, model: &CausalLm, ty: ExportType) -> Result<()> {
+    let source = model.config.raw["_name_or_path"]
+        .as_str()
+        .unwrap_or_default();
+    if !source.ends_with(".gguf") {
+        bail!(
+            "a GGUF export reuses the tokenizer metadata of the GGUF file the model came from, and \
+             this model came from {:?}; load the policy from a .gguf file, or export \
+             format \"hf\" (vLLM, SGLang)",
+            source
+        );
+    }
+    let mut file = std::fs::File::open(source)
+        .with_context(|| format!("cannot open {source}, the GGUF file the model came from"))?;
+    let content = Content::read(&mut file)
+        .map_err(|e| anyhow!("{source} is not a readable GGUF file: {e}"))?;
+    let meta = Meta {
+        map: &content.metadata,
+        path: Path::new(source),
+    };
+    let arch = meta.str("general.architecture")?.to_string();
+    let heads = model.config.num_attention_heads;
+    let kv_heads = model.config.num_key_value_heads;
+    let merged;
+    let model = if model.lora().is_some() {
+        merged = model.merged()?;
+        &merged
+    } else {
+        model
+    };
+    let mut tensors = Vec::new();
+    for (name, t) in model.named_tensors() {
+        let g =
+            gguf_name(name).with_context(|| format!("tensor `{name}` has no llama.cpp name"))?;
+        let mut t = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        if arch == "llama" && name.ends_with("q_proj.weight") {
+            t = permute(&t, heads)?;
+        } else if arch == "llama" && name.ends_with("k_proj.weight") {
+            t = permute(&t, kv_heads)?;
+        }
+        let dtype = match (ty, t.rank()) {
+            (ExportType::F16, 2) => GgmlDType::F16,
+            _ => GgmlDType::F32,
+        };
+        tensors.push((g, QTensor::quantize(&t, dtype)?));
+    }
+    // llama.cpp's LLAMA_FTYPE: 0 all f32, 1 mostly f16.
+    let file_type = Value::U32(if ty == ExportType::F16 { 1 } else { 0 });
+    let mut keys: Vec<&String> = content.metadata.keys().collect();
+    keys.sort();
+    let metadata: Vec<(&str, &Value)> = keys
+        .into_iter()
+        .filter(|k| *k != "general.file_type")
+        .map(|k| (k.as_str(), &content.metadata[k]))
+        .chain([("general.file_type", &file_type)])
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    candle_core::quantized::gguf_file::write(&mut bytes, &metadata, &refs)?;
+    crate::atomic::write_file(path, bytes.get_ref())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// llama.cpp's permutation of a `(out, in)` Q or K weight with `heads` heads, which
+/// [`unpermute`] undoes.
+fn permute(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    Ok(w.reshape((heads, 2, out / heads / 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))?)
 }
 
 /// Undoes llama.cpp's permutation of a `(out, in)` Q or K weight with `heads` heads:

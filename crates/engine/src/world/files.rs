@@ -10,6 +10,7 @@ use crate::data::pairs::{located_pairs, located_prompts, Pair};
 use crate::generate::SampleConfig;
 use crate::policy::Policy;
 use crate::reward::RewardModel;
+use crate::serving::{Server, ServerOptions};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::Deserialize;
@@ -36,6 +37,10 @@ pub struct WorldSpec {
     /// 0 evaluates greedily.
     #[serde(default)]
     pub eval_temperature: f64,
+    /// A serving engine the online scripts sample from (`server(#{...})`'s options); none
+    /// samples here. Evaluation always generates here.
+    #[serde(default)]
+    pub server: Option<Value>,
 }
 
 fn default_lr() -> f64 {
@@ -94,6 +99,9 @@ impl WorldSpec {
         if self.max_new_tokens == 0 {
             bail!("field `max_new_tokens` must be at least 1");
         }
+        if let Some(s) = &self.server {
+            ServerOptions::from_value(s).context("field `server`")?;
+        }
         Ok(())
     }
 }
@@ -110,6 +118,7 @@ pub struct FileWorld {
     pub eval: Vec<Text>,
     /// The initial policy's evaluation rewards, computed on first use.
     baseline: RefCell<Option<Vec<f64>>>,
+    server: Option<Rc<Server>>,
 }
 
 impl FileWorld {
@@ -153,6 +162,14 @@ impl FileWorld {
         for (at, t) in prompts.iter().chain(&eval) {
             render(tok, t, &Text::Plain(String::new())).with_context(|| template(at))?;
         }
+        let server = match &spec.server {
+            None => None,
+            Some(s) => Some(Rc::new(
+                ServerOptions::from_value(s)
+                    .and_then(|o| o.connect())
+                    .context("the world's server")?,
+            )),
+        };
         let strip = |v: Vec<(String, Text)>| v.into_iter().map(|(_, t)| t).collect();
         let pairs = pairs.into_iter().map(|(_, p)| p).collect();
         let (prompts, eval) = (strip(prompts), strip(eval));
@@ -166,6 +183,7 @@ impl FileWorld {
             prompts,
             eval,
             baseline: RefCell::new(None),
+            server,
         })
     }
 
@@ -190,6 +208,10 @@ impl FileWorld {
 impl World for FileWorld {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn server(&self) -> Option<Rc<Server>> {
+        self.server.clone()
     }
 
     fn describe(&self) -> String {

@@ -18,6 +18,7 @@ use crate::data::encode::Text;
 use crate::data::pairs::Pair;
 use crate::policy::Policy;
 use crate::reward::RewardModel;
+use crate::serving::Server;
 use anyhow::{bail, Result};
 use std::rc::Rc;
 
@@ -76,6 +77,11 @@ pub trait World {
 
     /// The true reward, where the world knows it (evaluation only, never training data).
     fn gold(&self) -> Option<Rc<dyn RewardModel>>;
+
+    /// The serving engine online samples come from, where the world names one.
+    fn server(&self) -> Option<Rc<Server>> {
+        None
+    }
 
     /// Named metrics of a policy on a held-out split (`eval/...` for the test split,
     /// `validation/...`).
