@@ -135,6 +135,7 @@ fn run_one(name: &str, steps: usize, device: &Device, dtype: DType, mode: &Mode)
 
 fn main() -> Result<()> {
     metaapo::memory::keep_freed_memory();
+    metaapo::threads::fix_count();
     let (mut steps, mut device_spec, mut dtype_spec) =
         (3usize, "cpu".to_string(), "f32".to_string());
     let (mut names, mut json_path) = (Vec::new(), "target/bench/dpo.json".to_string());

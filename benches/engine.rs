@@ -68,6 +68,7 @@ fn run_one(name: &str, steps: usize, device: &Device) -> Result<Value> {
 
 fn main() -> Result<()> {
     metaapo::memory::keep_freed_memory();
+    metaapo::threads::fix_count();
     let (mut steps, mut device_spec, mut names) = (3usize, "cpu".to_string(), Vec::new());
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(arg) = args.next() {

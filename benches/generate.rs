@@ -96,6 +96,7 @@ fn run(model: &CausalLm, batch: usize, repeats: usize) -> Result<Value> {
 
 fn main() -> Result<()> {
     metaapo::memory::keep_freed_memory();
+    metaapo::threads::fix_count();
     let (mut repeats, mut device_spec) = (2usize, "cpu".to_string());
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(arg) = args.next() {

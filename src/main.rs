@@ -511,6 +511,7 @@ const STACK_BYTES: usize = 1 << 30;
 
 fn main() -> ExitCode {
     metaapo::memory::keep_freed_memory();
+    metaapo::threads::fix_count();
     let cli = Cli::parse();
     let host = std::thread::Builder::new()
         .name("metaapo".into())

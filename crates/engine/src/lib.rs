@@ -21,5 +21,6 @@ pub mod score;
 pub mod selftest;
 pub mod serving;
 pub mod textfile;
+pub mod threads;
 pub mod train;
 pub mod world;

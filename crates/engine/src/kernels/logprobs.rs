@@ -1,3 +1,4 @@
+use super::cpu_rows;
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
     Tensor, WithDType, D,
@@ -27,13 +28,6 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 struct TokenLogprobs;
-
-fn rows<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("token_logprobs expects contiguous inputs"),
-    }
-}
 
 /// (max, log-sum-exp) of one row, in f64 for accuracy.
 fn row_stats<T: WithDType>(row: &[T]) -> (f64, f64) {
@@ -73,7 +67,7 @@ impl CustomOp2 for TokenLogprobs {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, v) = l1.shape().dims2()?;
-        let targets = rows::<u32>(s2, l2)?;
+        let targets = cpu_rows::<u32>(s2, l2)?;
         if targets.len() != n {
             candle_core::bail!(
                 "token_logprobs: {n} rows of logits but {} targets",
@@ -81,8 +75,8 @@ impl CustomOp2 for TokenLogprobs {
             );
         }
         let out = match s1.dtype() {
-            DType::F32 => CpuStorage::F32(forward(rows::<f32>(s1, l1)?, targets, v)?),
-            DType::F64 => CpuStorage::F64(forward(rows::<f64>(s1, l1)?, targets, v)?),
+            DType::F32 => CpuStorage::F32(forward(cpu_rows::<f32>(s1, l1)?, targets, v)?),
+            DType::F64 => CpuStorage::F64(forward(cpu_rows::<f64>(s1, l1)?, targets, v)?),
             dt => candle_core::bail!("token_logprobs: unsupported dtype {dt:?}"),
         };
         Ok((out, Shape::from(n)))
@@ -133,18 +127,18 @@ impl CustomOp3 for TokenLogprobsGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, v) = l1.shape().dims2()?;
-        let targets = rows::<u32>(s2, l2)?;
+        let targets = cpu_rows::<u32>(s2, l2)?;
         let out = match s1.dtype() {
             DType::F32 => CpuStorage::F32(backward(
-                rows::<f32>(s1, l1)?,
+                cpu_rows::<f32>(s1, l1)?,
                 targets,
-                rows::<f32>(s3, l3)?,
+                cpu_rows::<f32>(s3, l3)?,
                 v,
             )),
             DType::F64 => CpuStorage::F64(backward(
-                rows::<f64>(s1, l1)?,
+                cpu_rows::<f64>(s1, l1)?,
                 targets,
-                rows::<f64>(s3, l3)?,
+                cpu_rows::<f64>(s3, l3)?,
                 v,
             )),
             dt => candle_core::bail!("token_logprobs backward: unsupported dtype {dt:?}"),

@@ -4,7 +4,7 @@
 
 use super::config::{Architecture, ModelConfig};
 use super::lora::Adapter;
-use crate::kernels::{attention_bias, rms_norm, Rope};
+use crate::kernels::{attention_bias, linear, rms_norm, Rope};
 use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var, D};
@@ -68,7 +68,7 @@ impl Linear {
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let x = x.reshape((b * t, d))?;
-        let mut y = x.matmul(&self.weight.t()?)?;
+        let mut y = linear(&x, &self.weight)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
