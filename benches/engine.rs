@@ -1,8 +1,9 @@
 //! Engine benchmark: a training step (forward + backward + fused AdamW) on a batch of 4 x 256
 //! tokens, scoring throughput, and peak memory, for the SmolLM2-135M config and a ~30M config
-//! (random weights). Each config runs in its own process so peak memory is per config.
+//! (random weights), and the SmolLM2 step again with gradient checkpointing per decoder layer
+//! (`smollm2-checkpointed`). Each config runs in its own process so peak memory is per config.
 //!
-//!   cargo bench --bench engine [-- smollm2|30m ...] [-- --steps N] [-- --device cuda]
+//!   cargo bench --bench engine [-- smollm2|30m|smollm2-checkpointed ...] [-- --steps N] [-- --device cuda]
 //!
 //! Writes target/bench/engine.json; `python3 benches/pytorch_engine.py` runs the same step in
 //! PyTorch and prints the ratio against it.
@@ -20,10 +21,14 @@ use serde_json::{json, Value};
 use std::time::Instant;
 
 const BATCH: usize = 4;
+/// A config name ending in this trains with gradient checkpointing.
+const CHECKPOINTED: &str = "-checkpointed";
 const SEQ: usize = 256;
 
 fn run_one(name: &str, steps: usize, device: &Device) -> Result<Value> {
-    let policy = common::random_model(name, device, DType::F32, true)?;
+    let base = name.strip_suffix(CHECKPOINTED);
+    let policy = common::random_model(base.unwrap_or(name), device, DType::F32, true)?
+        .with_checkpointing(base.is_some())?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     // Every token after the first is scored, as in a causal-LM loss.
     let batch: Vec<EncodedSeq> = (0..BATCH)
@@ -85,7 +90,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let names = if names.is_empty() {
-        vec!["30m", "smollm2"]
+        vec!["30m", "smollm2", "smollm2-checkpointed"]
     } else {
         names
     };
@@ -112,7 +117,7 @@ fn main() -> Result<()> {
         );
         let v: Value = serde_json::from_slice(out.stdout.trim_ascii())?;
         println!(
-            "{name:>8}: {:>11} params  train step {:>7.3} s  scoring {:>8.0} tokens/s  peak RSS {:>7.0} MiB",
+            "{name:>20}: {:>11} params  train step {:>7.3} s  scoring {:>8.0} tokens/s  peak RSS {:>7.0} MiB",
             v["params"], v["train_step_s"].as_f64().unwrap_or(0.0),
             v["score_tokens_per_s"].as_f64().unwrap_or(0.0), v["peak_rss_mb"].as_f64().unwrap_or(0.0)
         );

@@ -33,6 +33,9 @@ CONFIGS = {
                 num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0),
 }
 FIELDS = ("train_step_s", "score_tokens_per_s", "peak_rss_mb")
+# A config name ending in this trains with gradient checkpointing per decoder layer (TRL's
+# `gradient_checkpointing`), the same as the candle benchmark's config of that name.
+CHECKPOINTED = "-checkpointed"
 
 
 def token_logps(model, ids):
@@ -44,9 +47,16 @@ def run_one(name, args):
     """Runs in the worker subprocess; returns the figures for one config."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = LlamaConfig(**CONFIGS[name], rms_norm_eps=1e-5, tie_word_embeddings=True,
+    base = name.removesuffix(CHECKPOINTED)
+    cfg = LlamaConfig(**CONFIGS[base], rms_norm_eps=1e-5, tie_word_embeddings=True,
                       max_position_embeddings=2048, attn_implementation="eager")
     model = LlamaForCausalLM(cfg).float()
+    if name != base:
+        model.config.use_cache = False
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            model.activation_checkpointing_enable()
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
@@ -81,19 +91,20 @@ def compare(results, path):
     with open(path) as f:
         candle = json.load(f).get("configs", {})
     print(f"\ncandle ({path}) / PyTorch:")
-    print(f"{'config':<10}{'train step time':>17}{'scoring tok/s':>15}{'peak RSS':>10}")
+    print(f"{'config':<22}{'train step time':>17}{'scoring tok/s':>15}{'peak RSS':>10}")
     for name, py in results.items():
         c = candle.get(name)
         if not c:
             continue
         cells = [c.get(k, float("nan")) / py[k] for k in FIELDS]
-        print(f"{name:<10}{cells[0]:>16.2f}x{cells[1]:>14.2f}x{cells[2]:>9.2f}x")
+        print(f"{name:<22}{cells[0]:>16.2f}x{cells[1]:>14.2f}x{cells[2]:>9.2f}x")
     print("(time < 1 and tok/s > 1 mean candle is faster; RSS < 1 means candle uses less memory)")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default="smollm2,30m", help="comma-separated: " + ",".join(CONFIGS))
+    ap.add_argument("--configs", default="smollm2,30m,smollm2" + CHECKPOINTED,
+                    help=f"comma-separated: {', '.join(CONFIGS)}, each optionally with {CHECKPOINTED}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
@@ -108,7 +119,7 @@ def main():
 
     results = {}
     for name in args.configs.split(","):
-        if name not in CONFIGS:
+        if name.removesuffix(CHECKPOINTED) not in CONFIGS:
             sys.exit(f"unknown config {name!r} (known: {', '.join(CONFIGS)})")
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--threads", str(args.threads),
                "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]
