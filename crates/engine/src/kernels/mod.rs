@@ -7,12 +7,14 @@ mod mask;
 mod norm;
 mod rope;
 mod skinny;
+mod softmax;
 
 pub use logprobs::token_logprobs;
 pub use mask::{attention_bias, MASKED};
 pub use norm::rms_norm;
 pub use rope::{Rope, RopeScaling};
 pub use skinny::linear;
+pub use softmax::masked_softmax;
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
 

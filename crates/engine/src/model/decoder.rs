@@ -4,10 +4,10 @@
 
 use super::config::{Architecture, ModelConfig};
 use super::lora::Adapter;
-use crate::kernels::{attention_bias, linear, rms_norm, Rope};
+use crate::kernels::{attention_bias, linear, masked_softmax, rms_norm, Rope};
 use anyhow::Result;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Tensor, Var};
 use std::collections::HashMap;
 
 /// The parameters a config calls for, with HF names and shapes, in HF order.
@@ -420,16 +420,13 @@ impl Decoder {
         let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
         let dtype = q.dtype();
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+        let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
         let wide = if dtype == DType::F64 {
             DType::F64
         } else {
             DType::F32
         };
-        let scores = scores
-            .to_dtype(wide)?
-            .broadcast_add(&bias.to_dtype(wide)?)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
+        let probs = masked_softmax(&scores.to_dtype(wide)?, bias, scale)?.to_dtype(dtype)?;
         let out = probs.matmul(&v.contiguous()?)?;
         let out = out
             .transpose(1, 2)?

@@ -1,0 +1,267 @@
+use super::cpu_rows;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType, D};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Attention probabilities `softmax(scale * scores + bias)` over the last axis, for scores
+/// `(B, H, Tq, Tk)` and an additive mask bias `(B, 1, Tq, Tk)` shared by the heads.
+///
+/// On CPU (f32, f64) one pass per row forward and one backward: composed, the scale, bias, max,
+/// subtract, exp, sum and divide each write a full `(B, H, Tq, Tk)` tensor both ways. The bias
+/// is a mask and gets no gradient. Other devices and dtypes use the composed ops.
+pub fn masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    let fused = scores.device().is_cpu() && matches!(scores.dtype(), DType::F32 | DType::F64);
+    if fused {
+        let bias = bias.to_dtype(scores.dtype())?.contiguous()?;
+        scores
+            .contiguous()?
+            .apply_op2(&bias, MaskedSoftmax { scale })
+    } else {
+        let wide = (scores * scale)?.broadcast_add(&bias.to_dtype(scores.dtype())?)?;
+        candle_nn::ops::softmax(&wide, D::Minus1)
+    }
+}
+
+struct MaskedSoftmax {
+    scale: f64,
+}
+
+/// The bias row for each of the `rows` score rows: score rows run over (b, h, q), bias rows over
+/// (b, q).
+fn bias_row(row: usize, heads: usize, tq: usize) -> usize {
+    (row / (heads * tq)) * tq + row % tq
+}
+
+fn forward<T: WithDType + Float>(
+    scores: &[T],
+    bias: &[T],
+    (heads, tq, tk): (usize, usize, usize),
+    scale: T,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); scores.len()];
+    out.par_chunks_mut(tk)
+        .zip(scores.par_chunks(tk))
+        .enumerate()
+        .for_each(|(r, (dst, src))| {
+            let b = &bias[bias_row(r, heads, tq) * tk..][..tk];
+            let mut max = T::neg_infinity();
+            for ((d, &s), &m) in dst.iter_mut().zip(src).zip(b) {
+                *d = s * scale + m;
+                max = Float::max(max, *d);
+            }
+            let mut sum = T::zero();
+            for d in dst.iter_mut() {
+                *d = (*d - max).exp();
+                sum += *d;
+            }
+            dst.iter_mut().for_each(|d| *d /= sum);
+        });
+    out
+}
+
+/// Runs the f32 or the f64 version of a kernel on two CPU inputs of that dtype.
+fn on_floats(
+    (s1, l1, s2, l2): (&CpuStorage, &Layout, &CpuStorage, &Layout),
+    f32_kernel: impl Fn(&[f32], &[f32]) -> Vec<f32>,
+    f64_kernel: impl Fn(&[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    Ok(match s1 {
+        CpuStorage::F32(_) => CpuStorage::F32(f32_kernel(cpu_rows(s1, l1)?, cpu_rows(s2, l2)?)),
+        CpuStorage::F64(_) => CpuStorage::F64(f64_kernel(cpu_rows(s1, l1)?, cpu_rows(s2, l2)?)),
+        _ => candle_core::bail!("masked softmax: only f32 and f64 on CPU"),
+    })
+}
+
+/// `d scores = scale * y * (g - Σ g y)` per row.
+fn backward<T: WithDType + Float>(y: &[T], g: &[T], tk: usize, scale: T) -> Vec<T> {
+    let mut out = vec![T::zero(); y.len()];
+    out.par_chunks_mut(tk)
+        .zip(y.par_chunks(tk).zip(g.par_chunks(tk)))
+        .for_each(|(dst, (y, g))| {
+            let dot = y.iter().zip(g).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+            for ((d, &y), &g) in dst.iter_mut().zip(y).zip(g) {
+                *d = scale * y * (g - dot);
+            }
+        });
+    out
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, heads, tq, tk) = l1.shape().dims4()?;
+        if l2.shape().dims4()? != (b, 1, tq, tk) {
+            candle_core::bail!(
+                "masked softmax: scores {:?} need a bias of ({b}, 1, {tq}, {tk}), got {:?}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let dims = (heads, tq, tk);
+        let out = on_floats(
+            (s1, l1, s2, l2),
+            |s, m| forward(s, m, dims, self.scale as f32),
+            |s, m| forward(s, m, dims, self.scale),
+        )?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = res.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &MaskedSoftmaxGrad { scale: self.scale },
+        )?;
+        Ok((Some(g), None))
+    }
+}
+
+struct MaskedSoftmaxGrad {
+    scale: f64,
+}
+
+impl CustomOp2 for MaskedSoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "masked-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let tk = l1.shape().dims4()?.3;
+        let out = on_floats(
+            (s1, l1, s2, l2),
+            |y, g| backward(y, g, tk, self.scale as f32),
+            |y, g| backward(y, g, tk, self.scale),
+        )?;
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn composed(s: &Tensor, bias: &Tensor, scale: f64) -> Tensor {
+        let wide = (s * scale).unwrap().broadcast_add(bias).unwrap();
+        candle_nn::ops::softmax(&wide, D::Minus1).unwrap()
+    }
+
+    fn inputs(dtype: DType) -> (Var, Tensor) {
+        let dev = Device::Cpu;
+        let s = Tensor::randn(0f64, 1.0, (2, 3, 4, 5), &dev).unwrap();
+        // Row 0 of batch 0 masks its last two keys; batch 1 masks its first key everywhere.
+        let mut m = vec![0f64; 2 * 4 * 5];
+        m[3] = -1e9;
+        m[4] = -1e9;
+        for q in 0..4 {
+            m[20 + q * 5] = -1e9;
+        }
+        let bias = Tensor::from_vec(m, (2, 1, 4, 5), &dev).unwrap();
+        (
+            Var::from_tensor(&s.to_dtype(dtype).unwrap()).unwrap(),
+            bias.to_dtype(dtype).unwrap(),
+        )
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn forward_and_backward_match_the_composed_ops() {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
+            let (s, bias) = inputs(dtype);
+            let r = Tensor::randn(0f64, 1.0, (2, 3, 4, 5), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let (want, got) = (
+                composed(&s, &bias, 0.7),
+                masked_softmax(&s, &bias, 0.7).unwrap(),
+            );
+            assert!(max_diff(&want, &got) <= tol, "{dtype:?} forward");
+            let grad = |y: Tensor| {
+                let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                g.get(&s).unwrap().clone()
+            };
+            let (gw, gg) = (grad(want), grad(got));
+            assert!(max_diff(&gw, &gg) <= tol, "{dtype:?} backward");
+            assert!(max_diff(&gg, &gg.zeros_like().unwrap()) > 0.1);
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let (s, bias) = inputs(DType::F64);
+        let r = Tensor::randn(0f64, 1.0, (2, 3, 4, 5), &Device::Cpu).unwrap();
+        let f = |x: &Tensor| {
+            (masked_softmax(x, &bias, 0.7).unwrap() * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let g = masked_softmax(&s, &bias, 0.7)
+            .unwrap()
+            .mul(&r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let analytic = g
+            .get(&s)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let base = s.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let eps = 1e-6;
+        for i in (0..base.len()).step_by(7) {
+            let at = |d: f64| {
+                let mut v = base.clone();
+                v[i] += d;
+                f(&Tensor::from_vec(v, s.shape(), &Device::Cpu).unwrap())
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!(
+                (numeric - analytic[i]).abs() <= 1e-7,
+                "element {i}: {numeric} vs {}",
+                analytic[i]
+            );
+        }
+    }
+}
