@@ -2,7 +2,8 @@
 # Every CPU speed figure against its peer, from one sitting (the machine is noisy, so only
 # same-run ratios mean much): the training step, scoring and peak memory (with and without
 # gradient checkpointing) against PyTorch eager f32, greedy generation at batch 1 and 8 against
-# transformers `generate`, and a full default-world metaapo_dpo.rhai run with its world cached.
+# transformers `generate`, the default world's tiny policy (DPO step, scoring, generation) against
+# the same in PyTorch, and a full default-world metaapo_dpo.rhai run with its world cached.
 #
 #   PYTHON=/tmp/v/bin/python benches/cpu.sh      # PYTHON: an interpreter with torch and transformers
 #
@@ -23,6 +24,11 @@ cargo bench --quiet --bench engine
 echo "== greedy generation"
 cargo bench --quiet --bench generate
 "$py" benches/pytorch_generate.py --threads "$threads" | grep -v '^{'
+
+echo "== the default world's policy (108k parameters): DPO step, scoring, generation"
+cargo bench --quiet --bench dpo -- world --steps 20 --json target/bench/dpo-world.json | grep world:
+"$py" benches/pytorch_dpo.py --configs world --steps 20 --threads "$threads" \
+  --candle-json target/bench/dpo-world.json | sed -n '/^metaapo (/,$p'
 
 echo "== default world: scripts/metaapo_dpo.rhai, world cached"
 cargo build --quiet --release

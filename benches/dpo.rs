@@ -7,8 +7,10 @@
 //!   score_tokens_per_s  a no-grad forward and per-token log-probs of the same 8 sequences
 //!   generate_tokens_per_s  greedy decoding with the KV cache, 8 prompts of 32 tokens, 64 new
 //!                       tokens each, counted as 8 x 64
+//! The `world` config (the default world's policy) takes the default world's shapes instead: 32
+//! pairs of 16 tokens (8 of prompt), and 64 prompts of 8 tokens with 8 new tokens each.
 //!
-//!   cargo bench --bench dpo -- [smollm2 llama-1b 30m] [--device cuda] [--dtype bf16] \
+//!   cargo bench --bench dpo -- [smollm2 llama-1b 30m world] [--device cuda] [--dtype bf16] \
 //!       [--steps N] [--lora RANK] [--checkpointing] [--json FILE]
 //!
 //! `--lora RANK` trains LoRA adapters (all seven projections, alpha = rank) instead of every
@@ -33,11 +35,37 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::time::Instant;
 
-const PAIRS: usize = 4;
-const SEQ: usize = 256;
-const PROMPT: usize = 32;
-const NEW: usize = 64;
-const GEN_BATCH: usize = 8;
+/// Pairs per step, tokens per sequence (prompt included), prompt tokens, new tokens per generated
+/// sequence, and sequences per generation batch, for config `name`.
+struct Shape {
+    pairs: usize,
+    seq: usize,
+    prompt: usize,
+    new: usize,
+    gen_batch: usize,
+}
+
+fn shape(name: &str) -> Shape {
+    if name == "world" {
+        // metaapo_dpo.rhai on the default world: 32 pairs a step, "12+30=" prompts with short
+        // answers, K = 8 samples of each selected prompt.
+        Shape {
+            pairs: 32,
+            seq: 16,
+            prompt: 8,
+            new: 8,
+            gen_batch: 64,
+        }
+    } else {
+        Shape {
+            pairs: 4,
+            seq: 256,
+            prompt: 32,
+            new: 64,
+            gen_batch: 8,
+        }
+    }
+}
 
 fn timed(device: &Device, f: impl FnOnce() -> Result<()>) -> Result<f64> {
     device.synchronize()?;
@@ -65,15 +93,22 @@ fn run_one(name: &str, steps: usize, device: &Device, dtype: DType, mode: &Mode)
         common::random_model(name, device, dtype, true)?
     };
     let policy = policy.with_checkpointing(mode.checkpointing)?;
+    let Shape {
+        pairs,
+        seq: len,
+        prompt,
+        new,
+        gen_batch,
+    } = shape(name);
     let reference = policy.frozen()?;
     let vocab = policy.config.vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let mut seq = || EncodedSeq {
-        ids: (0..SEQ).map(|_| rng.random_range(3..vocab)).collect(),
-        prompt_len: PROMPT,
+        ids: (0..len).map(|_| rng.random_range(3..vocab)).collect(),
+        prompt_len: prompt,
     };
-    let chosen: Vec<EncodedSeq> = (0..PAIRS).map(|_| seq()).collect();
-    let rejected: Vec<EncodedSeq> = (0..PAIRS).map(|_| seq()).collect();
+    let chosen: Vec<EncodedSeq> = (0..pairs).map(|_| seq()).collect();
+    let rejected: Vec<EncodedSeq> = (0..pairs).map(|_| seq()).collect();
     let mut opt = AdamW::new(
         policy.vars(),
         AdamWConfig {
@@ -105,30 +140,31 @@ fn run_one(name: &str, steps: usize, device: &Device, dtype: DType, mode: &Mode)
             Ok(())
         })?);
     }
-    let prompts: Vec<Vec<u32>> = (0..GEN_BATCH)
-        .map(|_| (0..PROMPT).map(|_| rng.random_range(3..vocab)).collect())
+    let prompts: Vec<Vec<u32>> = (0..gen_batch)
+        .map(|_| (0..prompt).map(|_| rng.random_range(3..vocab)).collect())
         .collect();
     let cfg = SampleConfig {
         temperature: 0.0,
-        max_new_tokens: NEW,
-        batch_size: GEN_BATCH,
+        max_new_tokens: new,
+        batch_size: gen_batch,
         ..SampleConfig::default()
     };
     let mut gen = vec![];
     for _ in 0..3 {
         gen.push(timed(device, || {
             let out = generate(&reference, &prompts, &Stop::tokens(&[]), 0, &cfg)?;
-            anyhow::ensure!(out.iter().all(|s| s.tokens.len() == NEW));
+            anyhow::ensure!(out.iter().all(|s| s.tokens.len() == new));
             Ok(())
         })?);
     }
     // The first scoring and generation runs are warm-ups (kernel loading, allocator growth).
     Ok(json!({
         "params": policy.num_parameters(),
+        "dpo_batch": format!("{pairs} pairs x {len} tokens"),
         "trainable_params": policy.vars().iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
         "dpo_step_s": common::median(train),
-        "score_tokens_per_s": (2 * PAIRS * SEQ) as f64 / common::median(score[1..].to_vec()),
-        "generate_tokens_per_s": (GEN_BATCH * NEW) as f64 / common::median(gen[1..].to_vec()),
+        "score_tokens_per_s": (2 * pairs * len) as f64 / common::median(score[1..].to_vec()),
+        "generate_tokens_per_s": (gen_batch * new) as f64 / common::median(gen[1..].to_vec()),
         "peak_rss_mb": metaapo::memory::peak_rss_mib(),
     }))
 }
@@ -163,7 +199,7 @@ fn main() -> Result<()> {
         names = vec!["smollm2".into()];
     }
     println!(
-        "device: {device_spec}  dtype: {dtype_spec}  threads: {}  DPO batch: {PAIRS} pairs x {SEQ} tokens  lora rank: {}  checkpointing: {}",
+        "device: {device_spec}  dtype: {dtype_spec}  threads: {}  lora rank: {}  checkpointing: {}",
         rayon::current_num_threads(),
         mode.lora,
         mode.checkpointing
@@ -172,9 +208,10 @@ fn main() -> Result<()> {
     for name in &names {
         let v = run_one(name, steps, &device, dtype, &mode)?;
         println!(
-            "{name:>9}: {:>11} params ({} trainable)  DPO step {:>7.3} s  scoring {:>8.0} tokens/s  generation {:>7.0} tokens/s  peak RSS {:>6.0} MiB",
+            "{name:>9}: {:>11} params ({} trainable)  {}  DPO step {:>7.3} s  scoring {:>8.0} tokens/s  generation {:>7.0} tokens/s  peak RSS {:>6.0} MiB",
             v["params"],
             v["trainable_params"],
+            v["dpo_batch"].as_str().unwrap_or(""),
             v["dpo_step_s"].as_f64().unwrap_or(0.0),
             v["score_tokens_per_s"].as_f64().unwrap_or(0.0),
             v["generate_tokens_per_s"].as_f64().unwrap_or(0.0),

@@ -36,8 +36,13 @@ CONFIGS = {
                 num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0),
     "llama-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                      num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0),
+    # the default built-in world's policy (vocabulary: 3 specials + "0123456789+=- ")
+    "world": dict(vocab_size=17, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, rope_theta=10000.0),
 }
-PAIRS, SEQ, PROMPT, NEW, GEN_BATCH = 4, 256, 32, 64, 8
+# pairs per step, tokens per sequence, prompt tokens, new tokens, generation batch (benches/dpo.rs)
+SHAPES = {"world": (32, 16, 8, 8, 64)}
+DEFAULT_SHAPE = (4, 256, 32, 64, 8)
 FIELDS = ("dpo_step_s", "score_tokens_per_s", "generate_tokens_per_s")
 
 
@@ -47,6 +52,7 @@ def seq_logps(model, ids, prompt):
 
 
 def run_one(name, args):
+    PAIRS, SEQ, PROMPT, NEW, GEN_BATCH = SHAPES.get(name, DEFAULT_SHAPE)
     dev = torch.device(args.device)
     torch.manual_seed(0)
     cfg = LlamaConfig(**CONFIGS[name], rms_norm_eps=1e-5, tie_word_embeddings=True,

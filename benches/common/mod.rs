@@ -9,13 +9,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-/// `smollm2` (SmolLM2-135M's shape), `30m`, or `llama-1b` (Llama-3.2-1B's shape, 1.24B).
+/// `smollm2` (SmolLM2-135M's shape), `30m`, `llama-1b` (Llama-3.2-1B's shape, 1.24B), or `world`
+/// (the default built-in world's 108k-parameter policy, where per-operation cost dominates).
 pub fn config(name: &str) -> Result<ModelConfig> {
     let (hidden, inter, layers, heads, kv, theta, vocab) = match name {
         "smollm2" => (576, 1536, 30, 9, 3, 100000.0, 49152),
         "30m" => (256, 768, 6, 4, 2, 10000.0, 49152),
         "llama-1b" => (2048, 8192, 16, 32, 8, 500000.0, 128256),
-        other => anyhow::bail!("unknown config {other}: smollm2, 30m or llama-1b"),
+        "world" => (64, 192, 2, 4, 4, 10000.0, metaapo::world::vocab::size()),
+        other => anyhow::bail!("unknown config {other}: smollm2, 30m, llama-1b or world"),
     };
     ModelConfig::from_json(json!({
         "architectures": ["LlamaForCausalLM"], "vocab_size": vocab, "hidden_size": hidden,
