@@ -1,4 +1,7 @@
-use candle_core::{DType, Device, Result, Tensor, D};
+use super::{cpu_rows, fusable};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
+use num_traits::Float;
+use rayon::prelude::*;
 
 /// RoPE frequency scaling (`rope_scaling` in config.json).
 #[derive(Debug, Clone, PartialEq)]
@@ -52,13 +55,124 @@ impl Rope {
         Ok((emb.cos()?.to_dtype(dtype)?, emb.sin()?.to_dtype(dtype)?))
     }
 
-    /// Rotates `x` of shape `(B, H, T, head_dim)`.
+    /// Rotates `x` of shape `(B, H, T, head_dim)` by `cos` and `sin` of shape `(B, 1, T, head_dim)`.
+    ///
+    /// On CPU in f32/f64 one op that reads `x` through its strides (the heads' transposed view,
+    /// no copy) and writes a contiguous result, with its own backward; composed, the halves,
+    /// their negation, the concatenation and both products are each a tensor kept for the
+    /// backward pass. Other devices, dtypes and shapes use the composed ops.
     pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let half = x.dim(D::Minus1)? / 2;
+        let (b, _, t, d) = x.dims4()?;
+        let fused = fusable(x)
+            && cos.dtype() == x.dtype()
+            && sin.dtype() == x.dtype()
+            && cos.dims() == [b, 1, t, d]
+            && sin.dims() == [b, 1, t, d]
+            && x.stride()[3] == 1
+            && d % 2 == 0;
+        if fused {
+            return x.apply_op3(
+                &cos.contiguous()?,
+                &sin.contiguous()?,
+                Rotate { inverse: false },
+            );
+        }
+        let half = d / 2;
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
         x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+    }
+}
+
+/// The rotation (or, `inverse`, its transpose: the backward pass) as one CPU op.
+struct Rotate {
+    inverse: bool,
+}
+
+/// Rotates every `(b, h, t)` row of `x`, read at `offset + b·s0 + h·s1 + t·s2`, into a
+/// contiguous `(B, H, T, D)` result. Forward: `[x1 c − x2 s, x2 c + x1 s]`; inverse:
+/// `[x1 c + x2 s, x2 c − x1 s]`. Each product is rounded before the sum, as the composed ops do.
+fn rotate<T: candle_core::WithDType + Float>(
+    x: &[T],
+    l: &Layout,
+    cos: &[T],
+    sin: &[T],
+    inverse: bool,
+) -> Result<Vec<T>> {
+    let (_, heads, t, d) = l.shape().dims4()?;
+    let (s, offset) = (l.stride(), l.start_offset());
+    let half = d / 2;
+    let mut out = vec![T::zero(); l.shape().elem_count()];
+    out.par_chunks_mut(d).enumerate().for_each(|(row, dst)| {
+        let (b, h, p) = (row / (heads * t), row / t % heads, row % t);
+        let src = &x[offset + b * s[0] + h * s[1] + p * s[2]..][..d];
+        let at = (b * t + p) * d;
+        let (c, sn) = (&cos[at..at + d], &sin[at..at + d]);
+        for i in 0..half {
+            let (x1, x2) = (src[i], src[i + half]);
+            if inverse {
+                dst[i] = x1 * c[i] + x2 * sn[i + half];
+                dst[i + half] = x2 * c[i + half] - x1 * sn[i];
+            } else {
+                dst[i] = x1 * c[i] + -x2 * sn[i];
+                dst[i + half] = x2 * c[i + half] + x1 * sn[i + half];
+            }
+        }
+    });
+    Ok(out)
+}
+
+impl CustomOp3 for Rotate {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match s1 {
+            CpuStorage::F32(x) => CpuStorage::F32(rotate(
+                x,
+                l1,
+                cpu_rows(s2, l2)?,
+                cpu_rows(s3, l3)?,
+                self.inverse,
+            )?),
+            CpuStorage::F64(x) => CpuStorage::F64(rotate(
+                x,
+                l1,
+                cpu_rows(s2, l2)?,
+                cpu_rows(s3, l3)?,
+                self.inverse,
+            )?),
+            _ => candle_core::bail!("rope: only f32 and f64 on CPU"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = grad.contiguous()?.apply_op3_no_bwd(
+            cos,
+            sin,
+            &Rotate {
+                inverse: !self.inverse,
+            },
+        )?;
+        Ok((Some(dx), None, None))
     }
 }
 
@@ -85,5 +199,66 @@ fn scale_frequency(inv_freq: f64, scaling: Option<&RopeScaling>) -> f64 {
                 (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::check::{assert_matches_finite_differences, max_diff};
+    use super::*;
+    use candle_core::Var;
+
+    /// Two rows with different positions; `x` is the heads' transposed view, as in attention.
+    fn inputs(dtype: DType) -> (Var, Tensor, Tensor) {
+        let dev = Device::Cpu;
+        let rope = Rope::new(8, 10_000.0, None, &dev).unwrap();
+        let positions = Tensor::new(&[[0u32, 1, 2], [5, 6, 7]], &dev).unwrap();
+        let (cos, sin) = rope.cos_sin(&positions, dtype).unwrap();
+        let x = Tensor::randn(0f64, 1.0, (2, 3, 4, 8), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        (Var::from_tensor(&x).unwrap(), cos, sin)
+    }
+
+    fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let x1 = x.narrow(D::Minus1, 0, 4).unwrap();
+        let x2 = x.narrow(D::Minus1, 4, 4).unwrap();
+        let rotated = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
+        (x.broadcast_mul(cos).unwrap() + rotated.broadcast_mul(sin).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn forward_and_backward_match_the_composed_ops() {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
+            let (x, cos, sin) = inputs(dtype);
+            let heads = x.transpose(1, 2).unwrap();
+            let r = Tensor::randn(0f64, 1.0, (2, 4, 3, 8), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let want = composed(&heads, &cos, &sin);
+            let got = Rope::apply(&heads, &cos, &sin).unwrap();
+            assert!(got.is_contiguous());
+            assert!(max_diff(&want, &got) <= tol, "{dtype:?} forward");
+            let grad = |y: Tensor| {
+                let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                g.get(&x).unwrap().clone()
+            };
+            assert!(
+                max_diff(&grad(want), &grad(got)) <= tol,
+                "{dtype:?} backward"
+            );
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let (x, cos, sin) = inputs(DType::F64);
+        let r = Tensor::randn(0f64, 1.0, (2, 4, 3, 8), &Device::Cpu).unwrap();
+        assert_matches_finite_differences(&x, |x| {
+            let heads = x.transpose(1, 2).unwrap();
+            (Rope::apply(&heads, &cos, &sin).unwrap() * &r).unwrap()
+        });
     }
 }

@@ -1,5 +1,5 @@
-use super::cpu_rows;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType, D};
+use super::{fusable, on_floats};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType, D};
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -10,8 +10,7 @@ use rayon::prelude::*;
 /// subtract, exp, sum and divide each write a full `(B, H, Tq, Tk)` tensor both ways. The bias
 /// is a mask and gets no gradient. Other devices and dtypes use the composed ops.
 pub fn masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
-    let fused = scores.device().is_cpu() && matches!(scores.dtype(), DType::F32 | DType::F64);
-    if fused {
+    if fusable(scores) {
         let bias = bias.to_dtype(scores.dtype())?.contiguous()?;
         scores
             .contiguous()?
@@ -57,19 +56,6 @@ fn forward<T: WithDType + Float>(
             dst.iter_mut().for_each(|d| *d /= sum);
         });
     out
-}
-
-/// Runs the f32 or the f64 version of a kernel on two CPU inputs of that dtype.
-fn on_floats(
-    (s1, l1, s2, l2): (&CpuStorage, &Layout, &CpuStorage, &Layout),
-    f32_kernel: impl Fn(&[f32], &[f32]) -> Vec<f32>,
-    f64_kernel: impl Fn(&[f64], &[f64]) -> Vec<f64>,
-) -> Result<CpuStorage> {
-    Ok(match s1 {
-        CpuStorage::F32(_) => CpuStorage::F32(f32_kernel(cpu_rows(s1, l1)?, cpu_rows(s2, l2)?)),
-        CpuStorage::F64(_) => CpuStorage::F64(f64_kernel(cpu_rows(s1, l1)?, cpu_rows(s2, l2)?)),
-        _ => candle_core::bail!("masked softmax: only f32 and f64 on CPU"),
-    })
 }
 
 /// `d scores = scale * y * (g - Σ g y)` per row.
@@ -158,8 +144,9 @@ impl CustomOp2 for MaskedSoftmaxGrad {
 
 #[cfg(test)]
 mod tests {
+    use super::super::check::{assert_matches_finite_differences, max_diff};
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn composed(s: &Tensor, bias: &Tensor, scale: f64) -> Tensor {
         let wide = (s * scale).unwrap().broadcast_add(bias).unwrap();
@@ -181,21 +168,6 @@ mod tests {
             Var::from_tensor(&s.to_dtype(dtype).unwrap()).unwrap(),
             bias.to_dtype(dtype).unwrap(),
         )
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     #[test]
@@ -225,43 +197,8 @@ mod tests {
     fn gradient_matches_finite_differences() {
         let (s, bias) = inputs(DType::F64);
         let r = Tensor::randn(0f64, 1.0, (2, 3, 4, 5), &Device::Cpu).unwrap();
-        let f = |x: &Tensor| {
-            (masked_softmax(x, &bias, 0.7).unwrap() * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        };
-        let g = masked_softmax(&s, &bias, 0.7)
-            .unwrap()
-            .mul(&r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let analytic = g
-            .get(&s)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let base = s.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let eps = 1e-6;
-        for i in (0..base.len()).step_by(7) {
-            let at = |d: f64| {
-                let mut v = base.clone();
-                v[i] += d;
-                f(&Tensor::from_vec(v, s.shape(), &Device::Cpu).unwrap())
-            };
-            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-            assert!(
-                (numeric - analytic[i]).abs() <= 1e-7,
-                "element {i}: {numeric} vs {}",
-                analytic[i]
-            );
-        }
+        assert_matches_finite_differences(&s, |x| {
+            (masked_softmax(x, &bias, 0.7).unwrap() * &r).unwrap()
+        });
     }
 }

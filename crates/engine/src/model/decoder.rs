@@ -4,7 +4,7 @@
 
 use super::config::{Architecture, ModelConfig};
 use super::lora::Adapter;
-use crate::kernels::{attention_bias, linear, masked_softmax, rms_norm, Rope};
+use crate::kernels::{attention_bias, linear, masked_softmax, rms_norm, swiglu, Rope};
 use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
@@ -344,7 +344,10 @@ impl Decoder {
         let h = rms_norm(x, &layer.input_norm, self.eps)?;
         let x = (x + self.attention(layer, &h, &c.cos, &c.sin, &c.bias, slot)?)?;
         let h = rms_norm(&x, &layer.post_norm, self.eps)?;
-        let mlp = (layer.gate.forward(&h, train)?.silu()? * layer.up.forward(&h, train)?)?;
+        let mlp = swiglu(
+            &layer.gate.forward(&h, train)?,
+            &layer.up.forward(&h, train)?,
+        )?;
         x + layer.down.forward(&mlp, train)?
     }
 
@@ -417,31 +420,29 @@ impl Decoder {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
+        // Grouped-query attention without copying keys and values once per query head: the
+        // `rep` query heads that share a key/value head are rows of one matrix against it.
+        let (kv, tk, d) = (self.num_kv_heads, k.dim(2)?, self.head_dim);
+        let rep = self.num_heads / kv;
         let dtype = q.dtype();
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = q
+            .contiguous()?
+            .reshape((b, kv, rep * t, d))?
+            .matmul(&k.contiguous()?.t()?)?
+            .reshape((b, self.num_heads, t, tk))?;
         let wide = if dtype == DType::F64 {
             DType::F64
         } else {
             DType::F32
         };
         let probs = masked_softmax(&scores.to_dtype(wide)?, bias, scale)?.to_dtype(dtype)?;
-        let out = probs.matmul(&v.contiguous()?)?;
-        let out = out
+        let out = probs
+            .reshape((b, kv, rep * t, tk))?
+            .matmul(&v.contiguous()?)?
+            .reshape((b, self.num_heads, t, d))?
             .transpose(1, 2)?
-            .reshape((b, t, self.num_heads * self.head_dim))?;
+            .reshape((b, t, self.num_heads * d))?;
         layer.o.forward(&out, train)
-    }
-
-    fn repeat_kv(&self, x: Tensor) -> candle_core::Result<Tensor> {
-        let rep = self.num_heads / self.num_kv_heads;
-        if rep == 1 {
-            return Ok(x);
-        }
-        let (b, n, t, d) = x.dims4()?;
-        x.unsqueeze(2)?
-            .expand((b, n, rep, t, d))?
-            .reshape((b, n * rep, t, d))
     }
 }
