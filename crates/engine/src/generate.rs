@@ -183,10 +183,12 @@ fn decode(
     let mut next_pos: Vec<u32> = seqs.iter().map(|s| s.len() as u32).collect();
     let mut cache = KvCache::default();
     let width = input.ids.dim(1)?;
-    let mut logits = model
-        .forward(&input, Some(&mut cache))?
-        .i((.., width - 1))?
-        .detach();
+    // Only the last position's logits are needed: the vocabulary projection of the whole
+    // prompt would cost as much as many decoding steps.
+    let last = model
+        .hidden_states(&input, Some(&mut cache))?
+        .narrow(1, width - 1, 1)?;
+    let mut logits = model.logits(&last)?.i((.., 0))?.detach();
     cache.detach();
     let mut out: Vec<(Vec<u32>, bool)> = vec![(vec![], false); b];
     for step in 0..cfg.max_new_tokens {

@@ -71,8 +71,8 @@ fn backward<T: candle_core::WithDType + Float>(x: &[T], w: &[T], g: &[T], eps: T
                 let r = inv_rms(x, eps);
                 let mut dot = T::zero();
                 for ((&x, &g), (&w, dw)) in x.iter().zip(g).zip(w.iter().zip(dw.iter_mut())) {
-                    *dw = *dw + g * x * r;
-                    dot = dot + g * w * x * r;
+                    *dw += g * x * r;
+                    dot += g * w * x * r;
                 }
                 let mean = dot / T::from(d).unwrap_or_else(T::one);
                 for ((dx, &x), (&g, &w)) in dx.iter_mut().zip(x).zip(g.iter().zip(w)) {
@@ -83,7 +83,7 @@ fn backward<T: candle_core::WithDType + Float>(x: &[T], w: &[T], g: &[T], eps: T
         })
         .collect();
     for p in partials {
-        dw.iter_mut().zip(p).for_each(|(a, b)| *a = *a + b);
+        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
     }
     out
 }
