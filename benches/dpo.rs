@@ -172,6 +172,11 @@ fn run_one(name: &str, steps: usize, device: &Device, dtype: DType, mode: &Mode)
 fn main() -> Result<()> {
     metaapo::memory::keep_freed_memory();
     metaapo::threads::fix_count();
+    // On the compute pool, as `metaapo` runs its host (see `threads::on_pool`).
+    metaapo::threads::on_pool(common::STACK_BYTES, measure)?
+}
+
+fn measure() -> Result<()> {
     let (mut steps, mut device_spec, mut dtype_spec) =
         (3usize, "cpu".to_string(), "f32".to_string());
     let (mut names, mut json_path) = (Vec::new(), "target/bench/dpo.json".to_string());

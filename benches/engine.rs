@@ -74,6 +74,11 @@ fn run_one(name: &str, steps: usize, device: &Device) -> Result<Value> {
 fn main() -> Result<()> {
     metaapo::memory::keep_freed_memory();
     metaapo::threads::fix_count();
+    // On the compute pool, as `metaapo` runs its host (see `threads::on_pool`).
+    metaapo::threads::on_pool(common::STACK_BYTES, measure)?
+}
+
+fn measure() -> Result<()> {
     let (mut steps, mut device_spec, mut names) = (3usize, "cpu".to_string(), Vec::new());
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(arg) = args.next() {

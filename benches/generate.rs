@@ -97,6 +97,11 @@ fn run(model: &CausalLm, batch: usize, repeats: usize) -> Result<Value> {
 fn main() -> Result<()> {
     metaapo::memory::keep_freed_memory();
     metaapo::threads::fix_count();
+    // On the compute pool, as `metaapo` runs its host (see `threads::on_pool`).
+    metaapo::threads::on_pool(common::STACK_BYTES, measure)?
+}
+
+fn measure() -> Result<()> {
     let (mut repeats, mut device_spec) = (2usize, "cpu".to_string());
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(arg) = args.next() {

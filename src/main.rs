@@ -513,15 +513,14 @@ fn main() -> ExitCode {
     metaapo::memory::keep_freed_memory();
     metaapo::threads::fix_count();
     let cli = Cli::parse();
-    let host = std::thread::Builder::new()
-        .name("metaapo".into())
-        .stack_size(STACK_BYTES)
-        .spawn(move || run(cli));
+    // The host runs on a worker of the compute pool (see `threads::on_pool`).
+    let host = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        metaapo::threads::on_pool(STACK_BYTES, move || run(cli))
+    }));
     let result = match host {
-        Ok(thread) => thread
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("internal error (a panic, reported above)"))),
-        Err(e) => Err(anyhow::anyhow!("cannot start the host thread: {e}")),
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(anyhow::anyhow!("cannot start the compute threads: {e}")),
+        Err(_) => Err(anyhow::anyhow!("internal error (a panic, reported above)")),
     };
     match result {
         Ok(code) => code,

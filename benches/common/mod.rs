@@ -59,3 +59,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
+
+/// Stack per compute thread: what a spawned thread gets by default (the benchmarks run no
+/// scripts, which is why `metaapo` asks for more).
+pub const STACK_BYTES: usize = 8 << 20;

@@ -5,11 +5,39 @@
 //! matmuls are tiny. Setting the variable to the count candle would choose anyway makes every
 //! later call a lookup.
 
-/// Sets `RAYON_NUM_THREADS` to candle's own choice when the user has not set it. Call first
-/// thing in `main`, before any other thread starts (environment writes race with readers).
+/// How long candle's element-wise workers spin before sleeping, when the user has not set
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` (candle's default: 25,000). Those workers share the cores with
+/// rayon's (gemm, the kernels): spinning between the many small ops of a tiny model took a core
+/// from them (24% of a default-world run's samples; that run 11.2 s at 25,000, 9.9 s at 100).
+const SPIN_LIMIT: &str = "100";
+
+/// Sets `RAYON_NUM_THREADS` to candle's own choice, and candle's spin limit to [`SPIN_LIMIT`],
+/// where the user has not set them. Call first thing in `main`, before any other thread starts
+/// (environment writes race with readers).
 pub fn fix_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = candle_core::utils::get_num_threads();
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", SPIN_LIMIT);
+    }
+}
+
+/// Runs `f` on a worker of a new rayon pool (`RAYON_NUM_THREADS` threads, `stack_bytes` of stack
+/// each) and returns its result; a panic in `f` resumes in the caller.
+///
+/// The kernels', gemm's and the optimizer's parallel loops then start from a worker thread and
+/// split their work in place. Started from any other thread, each loop hands its work to the
+/// pool and sleeps until it is done: two context switches per op, which on the default world's
+/// tiny tensors cost more than the arithmetic.
+pub fn on_pool<R: Send>(
+    stack_bytes: usize,
+    f: impl FnOnce() -> R + Send,
+) -> Result<R, rayon::ThreadPoolBuildError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .stack_size(stack_bytes)
+        .thread_name(|i| format!("metaapo-{i}"))
+        .build()?;
+    Ok(pool.install(f))
 }
