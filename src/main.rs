@@ -505,8 +505,8 @@ fn world_report(name: &str, cfg: &PremiseConfig, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The host runs on a thread with a large stack, so the script limits (call and expression
-/// depth), not the stack, end a deep recursion. Untouched stack costs no memory.
+/// Every compute thread, the host's included, has a large stack, so the script limits (call and
+/// expression depth), not the stack, end a deep recursion. Untouched stack costs no memory.
 const STACK_BYTES: usize = 1 << 30;
 
 fn main() -> ExitCode {

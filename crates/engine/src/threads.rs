@@ -1,4 +1,5 @@
-//! The CPU thread count, fixed once at start-up.
+//! The CPU threads: their count fixed once at start-up, candle's spinning bounded, and the
+//! pool the host runs on.
 //!
 //! candle asks for its thread count on every matmul, and unless `RAYON_NUM_THREADS` is set that
 //! means reading and parsing `/proc/cpuinfo` again: ~5% of a run on the default world, whose
