@@ -72,10 +72,7 @@ fn run_one(name: &str, steps: usize, device: &Device) -> Result<Value> {
 }
 
 fn main() -> Result<()> {
-    metaapo::memory::keep_freed_memory();
-    metaapo::threads::fix_count();
-    // On the compute pool, as `metaapo` runs its host (see `threads::on_pool`).
-    metaapo::threads::on_pool(common::STACK_BYTES, measure)?
+    common::run(measure)
 }
 
 fn measure() -> Result<()> {

@@ -62,4 +62,12 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 /// Stack per compute thread: what a spawned thread gets by default (the benchmarks run no
 /// scripts, which is why `metaapo` asks for more).
-pub const STACK_BYTES: usize = 8 << 20;
+const STACK_BYTES: usize = 8 << 20;
+
+/// Runs a benchmark's `measure` the way `metaapo` runs its host: memory and thread settings
+/// first, then on a worker of the compute pool (see `threads::on_pool`).
+pub fn run(measure: fn() -> Result<()>) -> Result<()> {
+    metaapo::memory::keep_freed_memory();
+    metaapo::threads::fix_count();
+    metaapo::threads::on_pool(STACK_BYTES, measure)?
+}

@@ -16,9 +16,13 @@ pub fn masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tens
             .contiguous()?
             .apply_op2(&bias, MaskedSoftmax { scale })
     } else {
-        let wide = (scores * scale)?.broadcast_add(&bias.to_dtype(scores.dtype())?)?;
-        candle_nn::ops::softmax(&wide, D::Minus1)
+        composed(scores, bias, scale)
     }
+}
+
+fn composed(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    let wide = (scores * scale)?.broadcast_add(&bias.to_dtype(scores.dtype())?)?;
+    candle_nn::ops::softmax(&wide, D::Minus1)
 }
 
 struct MaskedSoftmax {
@@ -148,11 +152,6 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
 
-    fn composed(s: &Tensor, bias: &Tensor, scale: f64) -> Tensor {
-        let wide = (s * scale).unwrap().broadcast_add(bias).unwrap();
-        candle_nn::ops::softmax(&wide, D::Minus1).unwrap()
-    }
-
     fn inputs(dtype: DType) -> (Var, Tensor) {
         let dev = Device::Cpu;
         let s = Tensor::randn(0f64, 1.0, (2, 3, 4, 5), &dev).unwrap();
@@ -179,7 +178,7 @@ mod tests {
                 .to_dtype(dtype)
                 .unwrap();
             let (want, got) = (
-                composed(&s, &bias, 0.7),
+                composed(&s, &bias, 0.7).unwrap(),
                 masked_softmax(&s, &bias, 0.7).unwrap(),
             );
             assert!(max_diff(&want, &got) <= tol, "{dtype:?} forward");

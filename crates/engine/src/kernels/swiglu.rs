@@ -51,10 +51,12 @@ fn backward<T: WithDType + Float>(gate: &[T], up: &[T], grad: &[T]) -> Vec<T> {
         .zip(grad.par_chunks(CHUNK))
         .for_each(|(((dg, du), (g, u)), d)| {
             for i in 0..g.len() {
-                let sigmoid = T::one() / (T::one() + (-g[i]).exp());
+                // One exp for both: silu(g) = g / (1 + e^-g), as `silu` computes it.
+                let denom = T::one() + (-g[i]).exp();
+                let sigmoid = T::one() / denom;
                 let slope = sigmoid * (T::one() + g[i] * (T::one() - sigmoid));
                 dg[i] = d[i] * u[i] * slope;
-                du[i] = d[i] * silu(g[i]);
+                du[i] = d[i] * (g[i] / denom);
             }
         });
     out
