@@ -261,3 +261,62 @@ fn log_sigmoid_does_not_underflow() {
         .unwrap();
     assert_eq!(v32[0], -200.0);
 }
+
+/// `d/dz log σ(z) = σ(-z)` and `d/dz σ(z) = σ(z) σ(-z)` everywhere, at `z = 0` too, where the
+/// loss of a policy that equals its reference sits.
+#[test]
+fn sigmoid_gradients_are_exact_at_zero_and_in_both_tails() {
+    let zs = [-1000.0, -3.0, -0.5, 0.0, 0.5, 3.0, 1000.0];
+    let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+    for (f, want) in [
+        (
+            log_sigmoid as fn(&Tensor) -> anyhow::Result<Tensor>,
+            &(|z: f64| sig(-z)) as &dyn Fn(f64) -> f64,
+        ),
+        (objective::sigmoid, &|z: f64| sig(z) * sig(-z)),
+    ] {
+        let z = candle_core::Var::new(&zs[..], &Device::Cpu).unwrap();
+        let g = f(z.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let got = g.get(&z).unwrap().to_vec1::<f64>().unwrap();
+        for (x, g) in zs.iter().zip(got) {
+            assert_abs_diff_eq!(g, want(*x), epsilon = 1e-15);
+        }
+    }
+}
+
+/// The DPO gradient with respect to each pair's chosen log-prob is `-β σ(-βΔ) / N` (and the
+/// opposite for the rejected one); pair 2 has Δ = 0, as every pair has on the first step.
+#[test]
+fn dpo_gradient_matches_hand_values_at_zero_margin() {
+    let chosen = candle_core::Var::new(&[-10.0, -20.0][..], &Device::Cpu).unwrap();
+    let rejected = candle_core::Var::new(&[-14.0, -18.0][..], &Device::Cpu).unwrap();
+    let pol = PairLogps {
+        chosen: SeqLogps {
+            sum: chosen.as_tensor().clone(),
+            mean: t(&[-1.0, -2.0]),
+            lengths: vec![10, 10],
+        },
+        rejected: SeqLogps {
+            sum: rejected.as_tensor().clone(),
+            mean: t(&[-2.0, -1.5]),
+            lengths: vec![10, 10],
+        },
+    };
+    let out = objective::dpo(&pol, &reference(), &DpoConfig::default(), None).unwrap();
+    let g = out.loss.backward().unwrap();
+    let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let want = [-0.1 * sig(-0.3) / 2.0, -0.1 * 0.5 / 2.0];
+    let (gc, gr) = (
+        g.get(&chosen).unwrap().to_vec1::<f64>().unwrap(),
+        g.get(&rejected).unwrap().to_vec1::<f64>().unwrap(),
+    );
+    for i in 0..2 {
+        assert_abs_diff_eq!(gc[i], want[i], epsilon = 1e-15);
+        assert_abs_diff_eq!(gr[i], -want[i], epsilon = 1e-15);
+    }
+}

@@ -24,10 +24,15 @@ pub struct LossOutput {
     pub metrics: Metrics,
 }
 
-/// `log σ(z)`, computed as `min(z, 0) - log(1 + exp(-|z|))` so it never underflows.
+/// `log σ(z)`, computed as `z/2 - |z|/2 - log(1 + exp(-|z|))` so it never underflows. The
+/// value is `min(z, 0) - log(1 + exp(-|z|))`, but written with `min` the derivative at `z = 0`
+/// depended on how `min` and `|z|` break the tie and came out 1, not 1/2: every DPO step taken
+/// where the policy equals its reference (the first) had twice the gradient. Here the two terms
+/// in `|z|` have derivatives -1/2 and +1/2 at 0, so no tie convention reaches the result.
 pub fn log_sigmoid(z: &Tensor) -> Result<Tensor> {
-    let tail = ((z.abs()?.neg()?.exp()? + 1.0)?).log()?;
-    Ok((z.minimum(0.0)? - tail)?)
+    let a = z.abs()?;
+    let tail = ((a.neg()?.exp()? + 1.0)?).log()?;
+    Ok((((z - &a)? * 0.5)? - tail)?)
 }
 
 /// `σ(z)`, through `log_sigmoid` for stability.
