@@ -1,9 +1,10 @@
 //! Engine benchmark: a training step (forward + backward + fused AdamW) on a batch of 4 x 256
 //! tokens, scoring throughput, and peak memory, for the SmolLM2-135M config and a ~30M config
-//! (random weights), and the SmolLM2 step again with gradient checkpointing per decoder layer
-//! (`smollm2-checkpointed`). Each config runs in its own process so peak memory is per config.
+//! (random weights), the SmolLM2 step again with gradient checkpointing per decoder layer
+//! (`smollm2-checkpointed`), and both configs with bf16 matrix products (`smollm2-bf16`,
+//! `30m-bf16`: `--matmul bf16`). Each config runs in its own process so peak memory is per config.
 //!
-//!   cargo bench --bench engine [-- smollm2|30m|smollm2-checkpointed ...] [-- --steps N] [-- --device cuda]
+//!   cargo bench --bench engine [-- smollm2|30m|smollm2-checkpointed|smollm2-bf16 ...] [-- --steps N] [-- --device cuda]
 //!
 //! Writes target/bench/engine.json; `python3 benches/pytorch_engine.py` runs the same step in
 //! PyTorch and prints the ratio against it.
@@ -13,6 +14,7 @@ mod common;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use metaapo::data::encode::EncodedSeq;
+use metaapo::kernels::Matmul;
 use metaapo::score::sequence_logps;
 use metaapo::train::grads::Gradients;
 use metaapo::train::optimizer::{AdamW, AdamWConfig};
@@ -23,12 +25,19 @@ use std::time::Instant;
 const BATCH: usize = 4;
 /// A config name ending in this trains with gradient checkpointing.
 const CHECKPOINTED: &str = "-checkpointed";
+/// A config name ending in this multiplies in bf16 (`Matmul::Bf16`).
+const BF16: &str = "-bf16";
 const SEQ: usize = 256;
 
 fn run_one(name: &str, steps: usize, device: &Device) -> Result<Value> {
-    let base = name.strip_suffix(CHECKPOINTED);
-    let policy = common::random_model(base.unwrap_or(name), device, DType::F32, true)?
-        .with_checkpointing(base.is_some())?;
+    let (base, bf16) = name.strip_suffix(BF16).map_or((name, false), |b| (b, true));
+    let (base, checkpointed) = base
+        .strip_suffix(CHECKPOINTED)
+        .map_or((base, false), |b| (b, true));
+    let matmul = if bf16 { Matmul::Bf16 } else { Matmul::F32 };
+    let policy = common::random_model(base, device, DType::F32, true)?
+        .with_checkpointing(checkpointed)?
+        .with_matmul(matmul);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     // Every token after the first is scored, as in a causal-LM loss.
     let batch: Vec<EncodedSeq> = (0..BATCH)
@@ -92,7 +101,13 @@ fn measure() -> Result<()> {
         return Ok(());
     }
     let names = if names.is_empty() {
-        vec!["30m", "smollm2", "smollm2-checkpointed"]
+        vec![
+            "30m",
+            "smollm2",
+            "smollm2-checkpointed",
+            "30m-bf16",
+            "smollm2-bf16",
+        ]
     } else {
         names
     };

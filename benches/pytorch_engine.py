@@ -7,7 +7,10 @@ For each config (random weights, float32, eager attention, `--threads` intra-op 
                       counted as batch * seq tokens
   peak_rss_mb         ru_maxrss of the process; every config runs in its own subprocess
 and prints a JSON object {"configs": {name: {...}}} at the end. If --candle-json (default
-target/bench/engine.json, same shape) exists, it also prints candle/PyTorch ratios.
+target/bench/engine.json, same shape) exists, it also prints candle/PyTorch ratios. A `-bf16`
+config runs its forward and loss under CPU autocast to bfloat16 (f32 master weights and AdamW
+state, as candle's `--matmul bf16`); its candle figures are compared with PyTorch's autocast and
+with PyTorch's eager f32 of the base config.
 
     python3 -m venv /tmp/v && /tmp/v/bin/pip install torch transformers
     /tmp/v/bin/python benches/pytorch_engine.py [--configs 30m,smollm2] [--threads 2] [--steps 3]
@@ -36,6 +39,12 @@ FIELDS = ("train_step_s", "score_tokens_per_s", "peak_rss_mb")
 # A config name ending in this trains with gradient checkpointing per decoder layer (TRL's
 # `gradient_checkpointing`), the same as the candle benchmark's config of that name.
 CHECKPOINTED = "-checkpointed"
+# A config name ending in this multiplies under CPU autocast to bfloat16.
+BF16 = "-bf16"
+
+
+def base_of(name):
+    return name.removesuffix(BF16).removesuffix(CHECKPOINTED)
 
 
 def token_logps(model, ids):
@@ -47,11 +56,12 @@ def run_one(name, args):
     """Runs in the worker subprocess; returns the figures for one config."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    base = name.removesuffix(CHECKPOINTED)
+    base = base_of(name)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=name.endswith(BF16))
     cfg = LlamaConfig(**CONFIGS[base], rms_norm_eps=1e-5, tie_word_embeddings=True,
                       max_position_embeddings=2048, attn_implementation="eager")
     model = LlamaForCausalLM(cfg).float()
-    if name != base:
+    if name.removesuffix(BF16).endswith(CHECKPOINTED):
         model.config.use_cache = False
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
             model.activation_checkpointing_enable()
@@ -62,8 +72,9 @@ def run_one(name, args):
 
     def train_step():
         t = time.perf_counter()
-        lp = token_logps(model, ids)
-        loss = -lp.sum() / lp.numel()
+        with autocast:
+            lp = token_logps(model, ids)
+            loss = -lp.sum() / lp.numel()
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -74,7 +85,7 @@ def run_one(name, args):
     train = statistics.median(train_step() for _ in range(args.steps))
 
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         token_logps(model, ids)  # warm-up
         times = []
         for _ in range(3):
@@ -98,13 +109,20 @@ def compare(results, path):
             continue
         cells = [c.get(k, float("nan")) / py[k] for k in FIELDS]
         print(f"{name:<22}{cells[0]:>16.2f}x{cells[1]:>14.2f}x{cells[2]:>9.2f}x")
+        f32 = results.get(name.removesuffix(BF16))
+        if name.endswith(BF16) and f32:
+            cells = [c.get(k, float("nan")) / f32[k] for k in FIELDS]
+            label = "  vs PyTorch f32"
+            print(f"{label:<22}{cells[0]:>16.2f}x{cells[1]:>14.2f}x{cells[2]:>9.2f}x")
     print("(time < 1 and tok/s > 1 mean candle is faster; RSS < 1 means candle uses less memory)")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default="smollm2,30m,smollm2" + CHECKPOINTED,
-                    help=f"comma-separated: {', '.join(CONFIGS)}, each optionally with {CHECKPOINTED}")
+    ap.add_argument("--configs", default=",".join(["smollm2", "30m", "smollm2" + CHECKPOINTED, "30m" + BF16,
+                                                     "smollm2" + BF16]),
+                    help=f"comma-separated: {', '.join(CONFIGS)}, each optionally with {CHECKPOINTED} "
+                         f"and/or {BF16} (in that order)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
@@ -119,7 +137,7 @@ def main():
 
     results = {}
     for name in args.configs.split(","):
-        if name.removesuffix(CHECKPOINTED) not in CONFIGS:
+        if base_of(name) not in CONFIGS:
             sys.exit(f"unknown config {name!r} (known: {', '.join(CONFIGS)})")
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--threads", str(args.threads),
                "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]

@@ -7,6 +7,7 @@ use metaapo::host::repl::Repl;
 use metaapo::host::resolver::{find_script, script_stem};
 use metaapo::host::run::{catch_ctrl_c, interrupted, Run, RunOptions};
 use metaapo::host::{script_help, Host, FAMILIES};
+use metaapo::kernels::Matmul;
 use metaapo::world::premise::{self, PremiseConfig};
 use metaapo::world::{BuiltinWorld, World, WorldConfig};
 use metaapo::{fetch, model::hf, model::load_pretrained};
@@ -46,9 +47,8 @@ enum Command {
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// The policy's dtype: f32, or bf16 (with f32 master weights and AdamW moments).
-        #[arg(long, default_value = "f32")]
-        dtype: String,
+        #[command(flatten)]
+        precision: Precision,
         #[command(flatten)]
         limits: Limits,
     },
@@ -70,8 +70,8 @@ enum Command {
         seed: u64,
         #[arg(long, default_value = "cpu")]
         device: String,
-        #[arg(long, default_value = "f32")]
-        dtype: String,
+        #[command(flatten)]
+        precision: Precision,
         #[command(flatten)]
         limits: Limits,
     },
@@ -141,11 +141,24 @@ enum Command {
     },
 }
 
+/// The policy's arithmetic, per run.
+#[derive(Debug, Clone, clap::Args)]
+struct Precision {
+    /// The policy's dtype: f32, or bf16 (weights and activations; f32 master weights and AdamW
+    /// moments).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// The policy's matrix products: f32, or bf16 (operands rounded to bf16, sums in f32, on
+    /// AVX512-BF16 where the CPU has it; weights, activations and AdamW stay in --dtype).
+    #[arg(long, default_value = "f32")]
+    matmul: String,
+}
+
 fn options(
     name: &str,
     seed: u64,
     device: &str,
-    dtype: &str,
+    precision: &Precision,
     set: &[String],
     limits: Limits,
 ) -> Result<RunOptions> {
@@ -157,7 +170,7 @@ fn options(
                 .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let (device, dtype) = (parse_device(device)?, parse_dtype(dtype)?);
+    let (device, dtype) = (parse_device(device)?, parse_dtype(&precision.dtype)?);
     check_dtype(&device, dtype)?;
     Ok(RunOptions {
         name: script_stem(name),
@@ -165,6 +178,7 @@ fn options(
         seed,
         device,
         dtype,
+        matmul: Matmul::parse(&precision.matmul)?,
         overrides,
         limits,
         parents: vec![],
@@ -246,7 +260,10 @@ fn quiet_host(limits: Limits) -> Result<Host> {
         "check",
         0,
         "cpu",
-        "f32",
+        &Precision {
+            dtype: candle_core::DType::F32.as_str().into(),
+            matmul: Matmul::default().as_str().into(),
+        },
         &[],
         limits,
     )?)))
@@ -261,7 +278,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
             seed,
             device,
-            dtype,
+            precision,
             limits,
         } => {
             let Some(file) = file else {
@@ -274,7 +291,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 bail!("script: name a script (a file, or a bundled one such as `dpo`); see --help");
             };
-            let mut opts = options(&file, seed, &device, &dtype, &set, limits)?;
+            let mut opts = options(&file, seed, &device, &precision, &set, limits)?;
             opts.out = out;
             if help {
                 return script_help(&file, opts);
@@ -324,10 +341,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             file,
             seed,
             device,
-            dtype,
+            precision,
             limits,
         } => {
-            let run = Run::new(options("repl", seed, &device, &dtype, &[], limits)?);
+            let run = Run::new(options("repl", seed, &device, &precision, &[], limits)?);
             catch_ctrl_c()?;
             let mut repl = Repl::new(Host::new(run.clone()));
             if let Some(f) = file {

@@ -400,3 +400,160 @@ fn a_chat_prompt_is_answered_through_chatml_and_stops_at_im_end() {
         "{answer:?}"
     );
 }
+
+/// What `--matmul bf16` changes on the real weights, printed for the README (run with
+/// `cargo test --release --test smollm2 bf16 -- --nocapture`): response log-probs, the DPO loss
+/// and its gradient on the first 32 committed preference pairs, against f32.
+#[test]
+fn bf16_matmuls_stay_near_f32_on_the_real_weights() {
+    use metaapo::kernels::Matmul;
+    use metaapo::objective::{dpo, DpoConfig};
+    use metaapo::score::pair_logps;
+    use metaapo::train::grads::Gradients;
+
+    let path = metaapo::fetch::ensure(&metaapo::fetch::SMOLLM2)
+        .unwrap()
+        .join(metaapo::fetch::SMOLLM2_GGUF);
+    let (f32_policy, tok) = gguf::load(&path, &Device::Cpu, DType::F32, true).unwrap();
+    let bf16_policy = f32_policy.with_matmul(Matmul::Bf16);
+    assert_eq!(bf16_policy.matmul(), Matmul::Bf16);
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pairs = std::fs::read_to_string(repo.join("data/prefs/train.jsonl")).unwrap();
+    let (mut chosen, mut rejected) = (vec![], vec![]);
+    for line in pairs.lines().take(32) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let prompt = Text::Chat(messages(&v["prompt"]));
+        for (key, out) in [("chosen", &mut chosen), ("rejected", &mut rejected)] {
+            let response = Text::Chat(messages(&v[key]));
+            out.push(encode(&tok, &prompt, &response, &EncodeConfig::default()).unwrap());
+        }
+    }
+    let pad = tok.pad_token_id;
+    let reference = pair_logps(&f32_policy, &chosen, &rejected, pad)
+        .unwrap()
+        .detach();
+    let run = |policy: &CausalLm| {
+        let lp = pair_logps(policy, &chosen, &rejected, pad).unwrap();
+        let out = dpo(&lp, &reference, &DpoConfig::default(), None).unwrap();
+        let mut g = Gradients::new();
+        g.accumulate(&out.loss, policy.vars()).unwrap();
+        let grad: Vec<f64> = policy
+            .vars()
+            .iter()
+            .flat_map(|(_, v)| {
+                let t = g.get(v).unwrap().to_dtype(DType::F64).unwrap();
+                t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+            })
+            .collect();
+        let sums = lp.both_sums(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+        let loss = out
+            .loss
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        (sums, loss, grad)
+    };
+    let (exact_sums, exact_loss, exact_grad) = run(&f32_policy);
+    let (sums, loss, grad) = run(&bf16_policy);
+    {
+        let (name, var) = f32_policy
+            .vars()
+            .iter()
+            .find(|(n, _)| n == "model.norm.weight")
+            .unwrap()
+            .clone();
+        let mut off = 0;
+        for (n, v) in f32_policy.vars() {
+            if *n == name {
+                break;
+            }
+            off += v.as_tensor().elem_count();
+        }
+        let orig = var.as_tensor().to_vec1::<f32>().unwrap();
+        let i = (0..orig.len())
+            .max_by(|a, b| {
+                exact_grad[off + a]
+                    .abs()
+                    .total_cmp(&exact_grad[off + b].abs())
+            })
+            .unwrap();
+        let h = 1e-2f32;
+        let lossat = |d: f32| {
+            let mut p = orig.clone();
+            p[i] += d;
+            var.set(&Tensor::new(p, &Device::Cpu).unwrap()).unwrap();
+            let lp = pair_logps(&f32_policy, &chosen, &rejected, pad).unwrap();
+            dpo(&lp, &reference, &DpoConfig::default(), None)
+                .unwrap()
+                .loss
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let numeric = (lossat(h) - lossat(-h)) / (2.0 * h as f64);
+        var.set(&Tensor::new(orig, &Device::Cpu).unwrap()).unwrap();
+        eprintln!(
+            "FD {name}[{i}]: numeric {numeric} f32 analytic {} bf16 analytic {}",
+            exact_grad[off + i],
+            grad[off + i]
+        );
+    }
+    let (_, _, again) = run(&f32_policy);
+    let (_, _, again16) = run(&bf16_policy);
+    eprintln!(
+        "again f32 {} bf16 {}",
+        again.iter().map(|x| x * x).sum::<f64>().sqrt(),
+        again16.iter().map(|x| x * x).sum::<f64>().sqrt()
+    );
+
+    let tokens: Vec<f64> = chosen
+        .iter()
+        .chain(&rejected)
+        .map(|s| s.response_len() as f64)
+        .collect();
+    let diffs: Vec<f64> = sums
+        .iter()
+        .zip(&exact_sums)
+        .map(|(a, b)| (a - b).abs())
+        .collect();
+    let per_token = diffs.iter().sum::<f64>() / tokens.iter().sum::<f64>();
+    let worst = diffs
+        .iter()
+        .zip(&tokens)
+        .map(|(d, n)| d / n)
+        .fold(0f64, f64::max);
+    let dot: f64 = grad.iter().zip(&exact_grad).map(|(a, b)| a * b).sum();
+    let norm = |g: &[f64]| g.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let cosine = dot / (norm(&grad) * norm(&exact_grad));
+    let norm_ratio = norm(&grad) / norm(&exact_grad);
+    eprintln!(
+        "bf16 vs f32 on SmolLM2-135M, 32 pairs ({} response tokens):\n  \
+         response log-prob: mean |Δ| {per_token:.4} nats per token, worst sequence {worst:.4} per token, \
+         mean |Δ| per sequence {:.4} (f32 sums average {:.2})\n  \
+         DPO loss (β 0.1, f32 reference): {loss:.6} vs {exact_loss:.6} (|Δ| {:.2e})\n  \
+         DPO gradient: cosine {cosine:.5}, norm ratio {norm_ratio:.4}",
+        tokens.iter().sum::<f64>(),
+        diffs.iter().sum::<f64>() / diffs.len() as f64,
+        exact_sums.iter().sum::<f64>() / exact_sums.len() as f64,
+        (loss - exact_loss).abs(),
+    );
+    assert!(
+        (exact_loss - std::f64::consts::LN_2).abs() < 1e-6,
+        "the f32 policy is its own reference"
+    );
+    assert!(per_token > 0.0, "bf16 changed nothing: the f32 path ran");
+    assert!(
+        per_token < 0.05 && worst < 0.2,
+        "log-probs moved {per_token} nats per token"
+    );
+    assert!(
+        (loss - exact_loss).abs() < 0.01,
+        "DPO loss {loss} vs {exact_loss}"
+    );
+    assert!(
+        cosine > 0.98 && (norm_ratio - 1.0).abs() < 0.05,
+        "gradient cosine {cosine}, norm ratio {norm_ratio}"
+    );
+}

@@ -42,6 +42,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         move |path: &str| {
             Policy::load(path, &r.options.device, true)
                 .and_then(|p| p.with_dtype(r.options.dtype))
+                .map(|p| p.with_matmul(r.options.matmul))
                 .map_err(fail("load_policy"))
         },
     );

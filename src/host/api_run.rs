@@ -77,6 +77,7 @@ fn params(run: &Run, defaults: Map) -> Res<Map> {
         "seed": run.options.seed,
         "device": format!("{:?}", run.options.device),
         "dtype": run.options.dtype.as_str(),
+        "matmul": run.options.matmul.as_str(),
         "params": to_json(&Dynamic::from_map(out.clone())),
     });
     run.report()
@@ -221,6 +222,7 @@ fn sub_runs(parent: &Rc<Run>, list: Array, opts: &Map) -> Res<Array> {
             }
         },
         dtype: parent.options.dtype.as_str().into(),
+        matmul: parent.options.matmul.as_str().into(),
         limits: parent.options.limits,
         threads: jobs::default_parallel() / parallel,
     };
@@ -339,6 +341,7 @@ fn sub_run(parent: &Rc<Run>, runner: Runner, script: &str, opts: &Map) -> Res<Ma
         seed,
         device: parent.options.device.clone(),
         dtype: parent.options.dtype,
+        matmul: parent.options.matmul,
         overrides: set,
         limits: parent.options.limits,
         parents,

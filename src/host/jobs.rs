@@ -39,6 +39,7 @@ pub enum Outcome {
 pub struct Launch {
     pub device: String,
     pub dtype: String,
+    pub matmul: String,
     pub limits: Limits,
     /// Compute threads per process: the machine's cores shared among the parallel jobs, so
     /// they do not oversubscribe it.
@@ -124,7 +125,9 @@ fn spawn(job: &Job, launch: &Launch) -> Result<Child> {
         .arg("--device")
         .arg(&launch.device)
         .arg("--dtype")
-        .arg(&launch.dtype);
+        .arg(&launch.dtype)
+        .arg("--matmul")
+        .arg(&launch.matmul);
     for (flag, value) in [
         ("--max-call-depth", l.max_call_depth),
         ("--max-expr-depth", l.max_expr_depth),

@@ -3,6 +3,7 @@
 //! create a run directory), and the worlds built so far.
 
 use super::limits::Limits;
+use crate::kernels::Matmul;
 use crate::report::Report;
 use crate::world::World;
 use anyhow::Result;
@@ -35,6 +36,8 @@ pub struct RunOptions {
     pub device: Device,
     /// The policy's dtype (f32 unless `--dtype`); the reference follows the policy.
     pub dtype: DType,
+    /// The policy's matrix products (f32 unless `--matmul`); the reference follows the policy.
+    pub matmul: Matmul,
     /// `--set key=value`, in order.
     pub overrides: Vec<(String, String)>,
     pub limits: Limits,

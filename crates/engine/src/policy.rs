@@ -189,6 +189,16 @@ impl Policy {
         ))
     }
 
+    /// This policy (the same weights) with its matrix products in `matmul`'s precision. Its
+    /// log-probs differ from this one's, so it caches them apart.
+    pub fn with_matmul(&self, matmul: crate::kernels::Matmul) -> Self {
+        if self.0.model.matmul() == matmul {
+            return self.clone();
+        }
+        let model = self.0.model.with_matmul(matmul);
+        Self::new(model, self.0.tokenizer.clone(), &self.0.name)
+    }
+
     /// The adapters folded into the weights: a plain trainable policy a HF directory holds.
     pub fn merged(&self) -> Result<Self> {
         let merged = self.0.model.merged()?;

@@ -2,8 +2,10 @@
 //! and `rope` have no backward pass (gradients silently stop), so these are written from tensor
 //! ops, or as custom ops that carry their own backward.
 
+mod bf16_gemm;
 #[cfg(test)]
 mod check;
+mod linear;
 mod logprobs;
 mod mask;
 mod norm;
@@ -12,11 +14,11 @@ mod skinny;
 mod softmax;
 mod swiglu;
 
+pub use linear::{linear, Matmul};
 pub use logprobs::token_logprobs;
 pub use mask::{attention_bias, MASKED};
 pub use norm::rms_norm;
 pub use rope::{Rope, RopeScaling};
-pub use skinny::linear;
 pub use softmax::masked_softmax;
 pub use swiglu::swiglu;
 

@@ -6,18 +6,18 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 /// half the speed of batch 1 per row); the skinny path streams each weight row once.
 pub const SKINNY_MAX_ROWS: usize = 16;
 
-/// `x · wᵀ` for `x` `(m, k)` and a weight `w` `(n, k)`, as a linear layer applies it.
-///
-/// For a few rows of f32 on a CPU with AVX-512 it runs a kernel that reads each weight row once
-/// for all rows of `x`; anywhere else, and for the backward pass, candle's matmul.
+/// Whether `x · wᵀ` for these rows takes the skinny path: a few f32 rows on a CPU with AVX-512.
+pub fn covers(x: &Tensor) -> Result<bool> {
+    Ok(x.dim(0)? <= SKINNY_MAX_ROWS
+        && x.dtype() == DType::F32
+        && x.device().is_cpu()
+        && avx512::available())
+}
+
+/// `x · wᵀ` for `x` `(m, k)` and a weight `w` `(n, k)` where [`covers`] holds: a kernel that
+/// reads each weight row once for all rows of `x`; the backward pass is candle's matmul.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let m = x.dim(0)?;
-    if m <= SKINNY_MAX_ROWS && x.dtype() == DType::F32 && x.device().is_cpu() && avx512::available()
-    {
-        x.contiguous()?.apply_op2(&w.contiguous()?, Skinny)
-    } else {
-        x.matmul(&w.t()?)
-    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, Skinny)
 }
 
 struct Skinny;
@@ -212,7 +212,7 @@ mod tests {
             for &(n, k) in &[(1, 1), (7, 33), (130, 576), (5, 15)] {
                 let (x, w) = (random((m, k), m as u64), random((n, k), 7));
                 let want = x.matmul(&w.t().unwrap()).unwrap();
-                let got = linear(&x, &w).unwrap();
+                let got = crate::kernels::linear(&x, &w, crate::kernels::Matmul::F32).unwrap();
                 assert_eq!(got.dims(), &[m, n]);
                 let err = (got - &want)
                     .unwrap()
@@ -242,7 +242,7 @@ mod tests {
             )
         };
         let want = grads(x.matmul(&w.t().unwrap()).unwrap());
-        let got = grads(linear(&x, &w).unwrap());
+        let got = grads(crate::kernels::linear(&x, &w, crate::kernels::Matmul::F32).unwrap());
         let pairs = |a: &Vec<Vec<f32>>, b: &Vec<Vec<f32>>| {
             a.iter()
                 .flatten()

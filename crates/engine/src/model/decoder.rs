@@ -4,7 +4,7 @@
 
 use super::config::{Architecture, ModelConfig};
 use super::lora::Adapter;
-use crate::kernels::{attention_bias, linear, masked_softmax, rms_norm, swiglu, Rope};
+use crate::kernels::{attention_bias, linear, masked_softmax, rms_norm, swiglu, Matmul, Rope};
 use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
@@ -61,6 +61,7 @@ struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     adapter: Option<Adapter>,
+    matmul: Matmul,
 }
 
 impl Linear {
@@ -68,7 +69,7 @@ impl Linear {
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let x = x.reshape((b * t, d))?;
-        let mut y = linear(&x, &self.weight)?;
+        let mut y = linear(&x, &self.weight, self.matmul)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
@@ -228,6 +229,7 @@ pub struct Decoder {
     head_dim: usize,
     eps: f64,
     sliding_window: Option<usize>,
+    matmul: Matmul,
 }
 
 impl Decoder {
@@ -242,6 +244,7 @@ impl Decoder {
                     None
                 },
                 adapter: None,
+                matmul: Matmul::default(),
             })
         };
         let layers = (0..c.num_hidden_layers)
@@ -282,7 +285,25 @@ impl Decoder {
             head_dim: c.head_dim,
             eps: c.rms_norm_eps,
             sliding_window: c.sliding_window,
+            matmul: Matmul::default(),
         })
+    }
+
+    /// This decoder with its projections and vocabulary head computed in `matmul`'s precision;
+    /// the weights are shared, not copied.
+    pub fn with_matmul(&self, matmul: Matmul) -> Self {
+        let mut out = self.clone();
+        out.matmul = matmul;
+        for layer in &mut out.layers {
+            for (_, linear) in layer.linears_mut() {
+                linear.matmul = matmul;
+            }
+        }
+        out
+    }
+
+    pub fn matmul(&self) -> Matmul {
+        self.matmul
     }
 
     /// This decoder with `adapters` (by module name, e.g. `model.layers.0.self_attn.q_proj`) on
@@ -382,6 +403,7 @@ impl Decoder {
             weight: self.lm_head.clone(),
             bias: None,
             adapter: None,
+            matmul: self.matmul,
         };
         Ok(lm_head.forward(hidden, false)?)
     }

@@ -11,6 +11,7 @@ pub mod template;
 pub mod tokenizer;
 pub mod weights;
 
+use crate::kernels::Matmul;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use config::ModelConfig;
@@ -155,6 +156,7 @@ impl CausalLm {
             lora: Some((cfg, held)),
             ..base
         }
+        .with_matmul(self.matmul())
         .with_checkpointing(trainable && self.checkpointing)
     }
 
@@ -204,6 +206,19 @@ impl CausalLm {
         self.checkpointing
     }
 
+    /// This model (the same weights) with its matrix products in `matmul`'s precision; frozen
+    /// copies and adapted models keep it.
+    pub fn with_matmul(&self, matmul: Matmul) -> Self {
+        Self {
+            decoder: self.decoder.with_matmul(matmul),
+            ..self.clone()
+        }
+    }
+
+    pub fn matmul(&self) -> Matmul {
+        self.decoder.matmul()
+    }
+
     /// The LoRA config and adapters `(module, A, B)`, if this model has any.
     pub fn lora(&self) -> Option<(&LoraConfig, &[(String, Tensor, Tensor)])> {
         self.lora.as_ref().map(|(c, a)| (c, a.as_slice()))
@@ -242,6 +257,10 @@ impl CausalLm {
     /// still at their start (B = 0) are dropped, so the reference is the base model with the
     /// adapter off and costs no second copy.
     pub fn frozen(&self) -> Result<Self> {
+        Ok(self.frozen_weights()?.with_matmul(self.matmul()))
+    }
+
+    fn frozen_weights(&self) -> Result<Self> {
         if let Some((cfg, adapters)) = &self.lora {
             let mut untouched = true;
             for (_, _, b) in adapters {
