@@ -41,8 +41,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "A trainable policy from a HF directory or .gguf file (\"smollm2\" fetches SmolLM2-135M).",
         move |path: &str| {
             Policy::load(path, &r.options.device, true)
-                .and_then(|p| p.with_dtype(r.options.dtype))
-                .map(|p| p.with_matmul(r.options.matmul))
+                .and_then(|p| r.options.precision(p))
                 .map_err(fail("load_policy"))
         },
     );

@@ -128,14 +128,13 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
             open_builtin(&r, c)
         },
     );
-    let (dtype, matmul) = (run.options.dtype, run.options.matmul);
+    let r = run.clone();
     api.func(
         "policy",
         "(world: World) -> Policy",
         "A fresh trainable copy of the world's initial (for the built-in worlds, warmed-up) policy.",
         move |w: &mut WorldHandle| -> Res<Policy> {
-            let policy = w.0.policy().and_then(|p| p.with_dtype(dtype));
-            let policy = policy.map(|p| p.with_matmul(matmul));
+            let policy = w.0.policy().and_then(|p| r.options.precision(p));
             policy.map_err(fail("policy"))
         },
     );

@@ -4,6 +4,7 @@
 
 use super::limits::Limits;
 use crate::kernels::Matmul;
+use crate::policy::Policy;
 use crate::report::Report;
 use crate::world::World;
 use anyhow::Result;
@@ -45,6 +46,14 @@ pub struct RunOptions {
     pub parents: Vec<String>,
     /// `script NAME --help`: `params` records its defaults and stops the script.
     pub help: bool,
+}
+
+impl RunOptions {
+    /// `policy` in this run's arithmetic (`--dtype`, `--matmul`): every policy a script gets
+    /// passes through here.
+    pub fn precision(&self, policy: Policy) -> Result<Policy> {
+        Ok(policy.with_dtype(self.dtype)?.with_matmul(self.matmul))
+    }
 }
 
 pub struct Run {

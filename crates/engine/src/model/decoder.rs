@@ -61,15 +61,14 @@ struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     adapter: Option<Adapter>,
-    matmul: Matmul,
 }
 
 impl Linear {
     /// `train`: a forward without a KV cache, where an adapter's dropout applies.
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool, matmul: Matmul) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let x = x.reshape((b * t, d))?;
-        let mut y = linear(&x, &self.weight, self.matmul)?;
+        let mut y = linear(&x, &self.weight, matmul)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
@@ -244,7 +243,6 @@ impl Decoder {
                     None
                 },
                 adapter: None,
-                matmul: Matmul::default(),
             })
         };
         let layers = (0..c.num_hidden_layers)
@@ -292,14 +290,10 @@ impl Decoder {
     /// This decoder with its projections and vocabulary head computed in `matmul`'s precision;
     /// the weights are shared, not copied.
     pub fn with_matmul(&self, matmul: Matmul) -> Self {
-        let mut out = self.clone();
-        out.matmul = matmul;
-        for layer in &mut out.layers {
-            for (_, linear) in layer.linears_mut() {
-                linear.matmul = matmul;
-            }
+        Self {
+            matmul,
+            ..self.clone()
         }
-        out
     }
 
     pub fn matmul(&self) -> Matmul {
@@ -366,10 +360,10 @@ impl Decoder {
         let x = (x + self.attention(layer, &h, &c.cos, &c.sin, &c.bias, slot)?)?;
         let h = rms_norm(&x, &layer.post_norm, self.eps)?;
         let mlp = swiglu(
-            &layer.gate.forward(&h, train)?,
-            &layer.up.forward(&h, train)?,
+            &layer.gate.forward(&h, train, self.matmul)?,
+            &layer.up.forward(&h, train, self.matmul)?,
         )?;
-        x + layer.down.forward(&mlp, train)?
+        x + layer.down.forward(&mlp, train, self.matmul)?
     }
 
     /// The layers run one at a time with no graph kept between them: only each layer's input
@@ -403,9 +397,8 @@ impl Decoder {
             weight: self.lm_head.clone(),
             bias: None,
             adapter: None,
-            matmul: self.matmul,
         };
-        Ok(lm_head.forward(hidden, false)?)
+        Ok(lm_head.forward(hidden, false, self.matmul)?)
     }
 
     pub fn forward(&self, input: &DecoderInput, cache: Option<&mut KvCache>) -> Result<Tensor> {
@@ -425,16 +418,16 @@ impl Decoder {
         let train = cache.is_none();
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
         let q = Rope::apply(
-            &heads(layer.q.forward(x, train)?, self.num_heads)?,
+            &heads(layer.q.forward(x, train, self.matmul)?, self.num_heads)?,
             cos,
             sin,
         )?;
         let mut k = Rope::apply(
-            &heads(layer.k.forward(x, train)?, self.num_kv_heads)?,
+            &heads(layer.k.forward(x, train, self.matmul)?, self.num_kv_heads)?,
             cos,
             sin,
         )?;
-        let mut v = heads(layer.v.forward(x, train)?, self.num_kv_heads)?;
+        let mut v = heads(layer.v.forward(x, train, self.matmul)?, self.num_kv_heads)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -465,6 +458,6 @@ impl Decoder {
             .reshape((b, self.num_heads, t, d))?
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * d))?;
-        layer.o.forward(&out, train)
+        layer.o.forward(&out, train, self.matmul)
     }
 }
