@@ -1,4 +1,5 @@
 use super::cpu_rows;
+use super::simd::{self, vectorized, KernelExp, Vectorized};
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
     Tensor, WithDType, D,
@@ -29,17 +30,30 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 
 struct TokenLogprobs;
 
-/// (max, log-sum-exp) of one row, in f64 for accuracy.
-fn row_stats<T: WithDType>(row: &[T]) -> (f64, f64) {
-    let max = row
-        .iter()
-        .map(|x| x.to_f64())
-        .fold(f64::NEG_INFINITY, f64::max);
-    let sum: f64 = row.iter().map(|x| (x.to_f64() - max).exp()).sum();
-    (max, max + sum.ln())
+/// The log-sum-exp of one row: exponentials in the row's dtype, summed in f64 partial sums (a
+/// vocabulary is ~50k terms).
+struct LogSumExp<'a, T>(&'a [T]);
+
+impl<T: WithDType + KernelExp> Vectorized for LogSumExp<'_, T> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn run(self) -> f64 {
+        let max = simd::max(self.0);
+        let mut lanes = [0f64; 16];
+        let chunks = self.0.chunks_exact(lanes.len());
+        let exp = |x: T| (x - max).kernel_exp().to_f64();
+        let rest: f64 = chunks.remainder().iter().map(|&x| exp(x)).sum();
+        for c in chunks {
+            for (acc, &x) in lanes.iter_mut().zip(c) {
+                *acc += exp(x);
+            }
+        }
+        max.to_f64() + (rest + lanes.iter().sum::<f64>()).ln()
+    }
 }
 
-fn forward<T: WithDType>(logits: &[T], targets: &[u32], v: usize) -> Result<Vec<T>> {
+fn forward<T: WithDType + KernelExp>(logits: &[T], targets: &[u32], v: usize) -> Result<Vec<T>> {
     logits
         .par_chunks(v)
         .zip(targets.par_iter())
@@ -48,8 +62,7 @@ fn forward<T: WithDType>(logits: &[T], targets: &[u32], v: usize) -> Result<Vec<
             if t >= v {
                 candle_core::bail!("target id {t} is outside the vocabulary ({v})");
             }
-            let (_, lse) = row_stats(row);
-            Ok(T::from_f64(row[t].to_f64() - lse))
+            Ok(T::from_f64(row[t].to_f64() - vectorized(LogSumExp(row))))
         })
         .collect()
 }
@@ -96,20 +109,44 @@ impl CustomOp2 for TokenLogprobs {
 
 struct TokenLogprobsGrad;
 
-fn backward<T: WithDType>(logits: &[T], targets: &[u32], grad: &[T], v: usize) -> Vec<T> {
+fn backward<T: WithDType + KernelExp>(
+    logits: &[T],
+    targets: &[u32],
+    grad: &[T],
+    v: usize,
+) -> Vec<T> {
     let mut out = vec![T::zero(); logits.len()];
     out.par_chunks_mut(v)
         .zip(logits.par_chunks(v))
         .zip(targets.par_iter().zip(grad.par_iter()))
         .for_each(|((dst, row), (&t, &g))| {
-            let (_, lse) = row_stats(row);
-            let g = g.to_f64();
-            for (d, x) in dst.iter_mut().zip(row) {
-                *d = T::from_f64(-g * (x.to_f64() - lse).exp());
-            }
-            dst[t as usize] = T::from_f64(dst[t as usize].to_f64() + g);
+            vectorized(RowGrad {
+                out: dst,
+                row,
+                grad: g,
+            });
+            dst[t as usize] += g;
         });
     out
+}
+
+/// `-grad * softmax(row)` into `out`.
+struct RowGrad<'a, T> {
+    out: &'a mut [T],
+    row: &'a [T],
+    grad: T,
+}
+
+impl<T: WithDType + KernelExp> Vectorized for RowGrad<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let lse = T::from_f64(LogSumExp(self.row).run());
+        for (d, &x) in self.out.iter_mut().zip(self.row) {
+            *d = -self.grad * (x - lse).kernel_exp();
+        }
+    }
 }
 
 impl CustomOp3 for TokenLogprobsGrad {

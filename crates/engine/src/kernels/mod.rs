@@ -2,6 +2,7 @@
 //! and `rope` have no backward pass (gradients silently stop), so these are written from tensor
 //! ops, or as custom ops that carry their own backward.
 
+mod attention;
 mod bf16_gemm;
 #[cfg(test)]
 mod check;
@@ -10,10 +11,12 @@ mod logprobs;
 mod mask;
 mod norm;
 mod rope;
+mod simd;
 mod skinny;
 mod softmax;
 mod swiglu;
 
+pub use attention::{attend, attention, rotate, Heads};
 pub use linear::{linear, Matmul};
 pub use logprobs::token_logprobs;
 pub use mask::{attention_bias, MASKED};

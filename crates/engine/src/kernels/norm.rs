@@ -1,3 +1,4 @@
+use super::simd::{self, vectorized, Vectorized};
 use super::{fusable, on_floats, on_floats3};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use num_traits::Float;
@@ -35,29 +36,47 @@ struct RmsNorm {
     eps: f64,
 }
 
-/// `1 / sqrt(mean(x²) + eps)`, summed in the order candle's composed mean sums.
+/// `1 / sqrt(mean(x²) + eps)`.
+#[inline(always)]
 fn inv_rms<T: Float>(row: &[T], eps: T) -> T {
-    let sum = row.iter().fold(T::zero(), |acc, &v| acc + v * v);
+    let sum = simd::sum_zip(row, row, |a, b| a * b);
     let n = T::from(row.len()).unwrap_or_else(T::one);
     T::one() / (sum / n + eps).sqrt()
 }
 
+/// Rows per parallel task (and per partial sum of the weight's gradient: a fixed split, so the
+/// sum's order, and its rounding, does not depend on the number of threads).
+const ROWS: usize = 64;
+
 fn forward<T: candle_core::WithDType + Float>(x: &[T], w: &[T], eps: T) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(w.len())
-        .zip(x.par_chunks(w.len()))
-        .for_each(|(dst, row)| {
-            let r = inv_rms(row, eps);
-            for ((d, &v), &w) in dst.iter_mut().zip(row).zip(w) {
-                *d = v * r * w;
-            }
-        });
+    out.par_chunks_mut(ROWS * w.len())
+        .zip(x.par_chunks(ROWS * w.len()))
+        .for_each(|(out, x)| vectorized(Forward { out, x, w, eps }));
     out
 }
 
-/// Rows per partial sum of the weight's gradient: a fixed split, so the sum's order (and its
-/// rounding) does not depend on the number of threads.
-const WEIGHT_GRAD_ROWS: usize = 64;
+struct Forward<'a, T> {
+    out: &'a mut [T],
+    x: &'a [T],
+    w: &'a [T],
+    eps: T,
+}
+
+impl<T: Float> Vectorized for Forward<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let d = self.w.len();
+        for (dst, row) in self.out.chunks_mut(d).zip(self.x.chunks(d)) {
+            let r = inv_rms(row, self.eps);
+            for ((d, &v), &w) in dst.iter_mut().zip(row).zip(self.w) {
+                *d = v * r * w;
+            }
+        }
+    }
+}
 
 /// `dx = r (g w - n mean(g w n))` with `n = x r`, and `dw = Σ_rows g n`, returned as one
 /// `(rows + 1, D)` buffer: the rows of `dx`, then `dw`.
@@ -66,23 +85,19 @@ fn backward<T: candle_core::WithDType + Float>(x: &[T], w: &[T], g: &[T], eps: T
     let mut out = vec![T::zero(); x.len() + d];
     let (dx, dw) = out.split_at_mut(x.len());
     let partials: Vec<Vec<T>> = dx
-        .par_chunks_mut(WEIGHT_GRAD_ROWS * d)
-        .zip(x.par_chunks(WEIGHT_GRAD_ROWS * d))
-        .zip(g.par_chunks(WEIGHT_GRAD_ROWS * d))
+        .par_chunks_mut(ROWS * d)
+        .zip(x.par_chunks(ROWS * d))
+        .zip(g.par_chunks(ROWS * d))
         .map(|((dx, x), g)| {
             let mut dw = vec![T::zero(); d];
-            for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                let r = inv_rms(x, eps);
-                let mut dot = T::zero();
-                for ((&x, &g), (&w, dw)) in x.iter().zip(g).zip(w.iter().zip(dw.iter_mut())) {
-                    *dw += g * x * r;
-                    dot += g * w * x * r;
-                }
-                let mean = dot / T::from(d).unwrap_or_else(T::one);
-                for ((dx, &x), (&g, &w)) in dx.iter_mut().zip(x).zip(g.iter().zip(w)) {
-                    *dx = r * (g * w - x * r * mean);
-                }
-            }
+            vectorized(Backward {
+                dx,
+                dw: &mut dw,
+                x,
+                g,
+                w,
+                eps,
+            });
             dw
         })
         .collect();
@@ -90,6 +105,40 @@ fn backward<T: candle_core::WithDType + Float>(x: &[T], w: &[T], g: &[T], eps: T
         dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
     }
     out
+}
+
+struct Backward<'a, T> {
+    dx: &'a mut [T],
+    dw: &'a mut [T],
+    x: &'a [T],
+    g: &'a [T],
+    w: &'a [T],
+    eps: T,
+}
+
+impl<T: Float> Vectorized for Backward<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let d = self.w.len();
+        let rows = self
+            .dx
+            .chunks_mut(d)
+            .zip(self.x.chunks(d))
+            .zip(self.g.chunks(d));
+        for ((dx, x), g) in rows {
+            let r = inv_rms(x, self.eps);
+            for ((&x, &g), dw) in x.iter().zip(g).zip(self.dw.iter_mut()) {
+                *dw = *dw + g * x * r;
+            }
+            let dot = simd::sum_zip3(g, self.w, x, |g, w, x| g * w * x * r);
+            let mean = dot / T::from(d).unwrap_or_else(T::one);
+            for ((dx, &x), (&g, &w)) in dx.iter_mut().zip(x).zip(g.iter().zip(self.w)) {
+                *dx = r * (g * w - x * r * mean);
+            }
+        }
+    }
 }
 
 impl CustomOp2 for RmsNorm {

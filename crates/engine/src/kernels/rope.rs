@@ -1,3 +1,4 @@
+use super::simd::{vectorized, Vectorized};
 use super::{cpu_rows, fusable};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use num_traits::Float;
@@ -81,6 +82,12 @@ impl Rope {
     }
 }
 
+/// The transpose of [`Rope::apply`]'s rotation (what its backward applies to a gradient), with
+/// no graph: for kernels that write their own backward. CPU, f32 and f64, `x` `(B, H, T, D)`.
+pub(super) fn rotate_back(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    x.apply_op3_no_bwd(cos, sin, &Rotate { inverse: true })
+}
+
 fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let half = x.dim(D::Minus1)? / 2;
     let x1 = x.narrow(D::Minus1, 0, half)?;
@@ -94,6 +101,9 @@ struct Rotate {
     inverse: bool,
 }
 
+/// Rows per parallel task.
+const ROWS: usize = 64;
+
 /// Rotates every `(b, h, t)` row of `x`, read at `offset + b·s0 + h·s1 + t·s2`, into a
 /// contiguous `(B, H, T, D)` result. Forward: `[x1 c − x2 s, x2 c + x1 s]`; inverse:
 /// `[x1 c + x2 s, x2 c − x1 s]`. Each product is rounded before the sum, as the composed ops do.
@@ -105,26 +115,65 @@ fn rotate<T: candle_core::WithDType + Float>(
     inverse: bool,
 ) -> Result<Vec<T>> {
     let (_, heads, t, d) = l.shape().dims4()?;
-    let (s, offset) = (l.stride(), l.start_offset());
-    let half = d / 2;
     let mut out = vec![T::zero(); l.shape().elem_count()];
-    out.par_chunks_mut(d).enumerate().for_each(|(row, dst)| {
-        let (b, h, p) = (row / (heads * t), row / t % heads, row % t);
-        let src = &x[offset + b * s[0] + h * s[1] + p * s[2]..][..d];
-        let at = (b * t + p) * d;
-        let (c, sn) = (&cos[at..at + d], &sin[at..at + d]);
-        for i in 0..half {
-            let (x1, x2) = (src[i], src[i + half]);
-            if inverse {
-                dst[i] = x1 * c[i] + x2 * sn[i + half];
-                dst[i + half] = x2 * c[i + half] - x1 * sn[i];
-            } else {
-                dst[i] = x1 * c[i] + -x2 * sn[i];
-                dst[i + half] = x2 * c[i + half] + x1 * sn[i + half];
+    out.par_chunks_mut(ROWS * d)
+        .enumerate()
+        .for_each(|(block, out)| {
+            vectorized(Rows {
+                out,
+                first: block * ROWS,
+                x,
+                strides: (l.stride(), l.start_offset()),
+                dims: (heads, t, d),
+                cos,
+                sin,
+                inverse,
+            })
+        });
+    Ok(out)
+}
+
+struct Rows<'a, T> {
+    out: &'a mut [T],
+    /// The index of `out`'s first row among all `(b, h, t)` rows.
+    first: usize,
+    x: &'a [T],
+    strides: (&'a [usize], usize),
+    dims: (usize, usize, usize),
+    cos: &'a [T],
+    sin: &'a [T],
+    inverse: bool,
+}
+
+impl<T: Float> Vectorized for Rows<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let (heads, t, d) = self.dims;
+        let (s, offset) = self.strides;
+        let half = d / 2;
+        for (i, dst) in self.out.chunks_mut(d).enumerate() {
+            let row = self.first + i;
+            let (b, h, p) = (row / (heads * t), row / t % heads, row % t);
+            let (x1, x2) = self.x[offset + b * s[0] + h * s[1] + p * s[2]..][..d].split_at(half);
+            let at = (b * t + p) * d;
+            let (c1, c2) = self.cos[at..at + d].split_at(half);
+            let (s1, s2) = self.sin[at..at + d].split_at(half);
+            let (d1, d2) = dst.split_at_mut(half);
+            let angles = c1.iter().zip(c2).zip(s1.iter().zip(s2));
+            let pairs = d1.iter_mut().zip(d2.iter_mut()).zip(x1.iter().zip(x2));
+            for (((d1, d2), (&x1, &x2)), ((&c1, &c2), (&s1, &s2))) in pairs.zip(angles) {
+                if self.inverse {
+                    *d1 = x1 * c1 + x2 * s2;
+                    *d2 = x2 * c2 - x1 * s1;
+                } else {
+                    *d1 = x1 * c1 + -x2 * s1;
+                    *d2 = x2 * c2 + x1 * s2;
+                }
             }
         }
-    });
-    Ok(out)
+    }
 }
 
 impl CustomOp3 for Rotate {

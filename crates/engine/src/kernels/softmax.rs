@@ -1,6 +1,6 @@
+use super::simd::{self, vectorized, KernelExp, Vectorized};
 use super::{fusable, on_floats};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType, D};
-use num_traits::Float;
 use rayon::prelude::*;
 
 /// Attention probabilities `softmax(scale * scores + bias)` over the last axis, for scores
@@ -35,7 +35,7 @@ fn bias_row(row: usize, heads: usize, tq: usize) -> usize {
     (row / (heads * tq)) * tq + row % tq
 }
 
-fn forward<T: WithDType + Float>(
+fn forward<T: WithDType + KernelExp>(
     scores: &[T],
     bias: &[T],
     (heads, tq, tk): (usize, usize, usize),
@@ -47,33 +47,73 @@ fn forward<T: WithDType + Float>(
         .enumerate()
         .for_each(|(r, (dst, src))| {
             let b = &bias[bias_row(r, heads, tq) * tk..][..tk];
-            let mut max = T::neg_infinity();
-            for ((d, &s), &m) in dst.iter_mut().zip(src).zip(b) {
-                *d = s * scale + m;
-                max = Float::max(max, *d);
-            }
-            let mut sum = T::zero();
-            for d in dst.iter_mut() {
-                *d = (*d - max).exp();
-                sum += *d;
-            }
-            dst.iter_mut().for_each(|d| *d /= sum);
+            vectorized(Row {
+                out: dst,
+                scores: src,
+                bias: b,
+                scale,
+            });
         });
     out
 }
 
+struct Row<'a, T> {
+    out: &'a mut [T],
+    scores: &'a [T],
+    bias: &'a [T],
+    scale: T,
+}
+
+impl<T: KernelExp> Vectorized for Row<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        for ((d, &s), &m) in self.out.iter_mut().zip(self.scores).zip(self.bias) {
+            *d = s * self.scale + m;
+        }
+        let max = simd::max(self.out);
+        for d in self.out.iter_mut() {
+            *d = (*d - max).kernel_exp();
+        }
+        let sum = simd::sum(self.out);
+        self.out.iter_mut().for_each(|d| *d = *d / sum);
+    }
+}
+
 /// `d scores = scale * y * (g - Σ g y)` per row.
-fn backward<T: WithDType + Float>(y: &[T], g: &[T], tk: usize, scale: T) -> Vec<T> {
+fn backward<T: WithDType + KernelExp>(y: &[T], g: &[T], tk: usize, scale: T) -> Vec<T> {
     let mut out = vec![T::zero(); y.len()];
     out.par_chunks_mut(tk)
         .zip(y.par_chunks(tk).zip(g.par_chunks(tk)))
-        .for_each(|(dst, (y, g))| {
-            let dot = y.iter().zip(g).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
-            for ((d, &y), &g) in dst.iter_mut().zip(y).zip(g) {
-                *d = scale * y * (g - dot);
-            }
+        .for_each(|(out, (y, grad))| {
+            vectorized(RowGrad {
+                out,
+                y,
+                grad,
+                scale,
+            })
         });
     out
+}
+
+struct RowGrad<'a, T> {
+    out: &'a mut [T],
+    y: &'a [T],
+    grad: &'a [T],
+    scale: T,
+}
+
+impl<T: KernelExp> Vectorized for RowGrad<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let dot = simd::sum_zip(self.y, self.grad, |a, b| a * b);
+        for ((d, &y), &g) in self.out.iter_mut().zip(self.y).zip(self.grad) {
+            *d = self.scale * y * (g - dot);
+        }
+    }
 }
 
 impl CustomOp2 for MaskedSoftmax {
@@ -112,12 +152,15 @@ impl CustomOp2 for MaskedSoftmax {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = res.apply_op2_no_bwd(
-            &grad.contiguous()?,
-            &MaskedSoftmaxGrad { scale: self.scale },
-        )?;
-        Ok((Some(g), None))
+        Ok((Some(masked_softmax_grad(res, grad, self.scale)?), None))
     }
+}
+
+/// The gradient of the scores under [`masked_softmax`], from its output `y` and the gradient
+/// `g` of that output: `scale * y * (g - Σ g y)` per row. CPU, f32 and f64.
+pub(super) fn masked_softmax_grad(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
+    y.contiguous()?
+        .apply_op2_no_bwd(&g.contiguous()?, &MaskedSoftmaxGrad { scale })
 }
 
 struct MaskedSoftmaxGrad {

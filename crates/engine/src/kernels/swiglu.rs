@@ -1,6 +1,6 @@
+use super::simd::{vectorized, KernelExp, Vectorized};
 use super::{fusable, on_floats, on_floats3};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
-use num_traits::Float;
 use rayon::prelude::*;
 
 /// The SwiGLU MLP's `silu(gate) * up`.
@@ -22,25 +22,39 @@ struct SwiGlu;
 const CHUNK: usize = 1 << 14;
 
 /// `x / (1 + e^-x)`, as candle's `silu` computes it.
-fn silu<T: Float>(x: T) -> T {
-    x / (T::one() + (-x).exp())
+#[inline(always)]
+fn silu<T: KernelExp>(x: T) -> T {
+    x / (T::one() + (-x).kernel_exp())
 }
 
-fn forward<T: WithDType + Float>(gate: &[T], up: &[T]) -> Vec<T> {
+fn forward<T: WithDType + KernelExp>(gate: &[T], up: &[T]) -> Vec<T> {
     let mut out = vec![T::zero(); gate.len()];
     out.par_chunks_mut(CHUNK)
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(dst, (g, u))| {
-            for ((d, &g), &u) in dst.iter_mut().zip(g).zip(u) {
-                *d = silu(g) * u;
-            }
-        });
+        .for_each(|(out, (gate, up))| vectorized(Forward { out, gate, up }));
     out
+}
+
+struct Forward<'a, T> {
+    out: &'a mut [T],
+    gate: &'a [T],
+    up: &'a [T],
+}
+
+impl<T: KernelExp> Vectorized for Forward<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        for ((d, &g), &u) in self.out.iter_mut().zip(self.gate).zip(self.up) {
+            *d = silu(g) * u;
+        }
+    }
 }
 
 /// `d gate = d out · up · σ(g)(1 + g(1 − σ(g)))` and `d up = d out · silu(g)`, returned as one
 /// `(2, n)` buffer.
-fn backward<T: WithDType + Float>(gate: &[T], up: &[T], grad: &[T]) -> Vec<T> {
+fn backward<T: WithDType + KernelExp>(gate: &[T], up: &[T], grad: &[T]) -> Vec<T> {
     let n = gate.len();
     let mut out = vec![T::zero(); 2 * n];
     let (dgate, dup) = out.split_at_mut(n);
@@ -49,17 +63,42 @@ fn backward<T: WithDType + Float>(gate: &[T], up: &[T], grad: &[T]) -> Vec<T> {
         .zip(dup.par_chunks_mut(CHUNK))
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
         .zip(grad.par_chunks(CHUNK))
-        .for_each(|(((dg, du), (g, u)), d)| {
-            for i in 0..g.len() {
-                // One exp for both: silu(g) = g / (1 + e^-g), as `silu` computes it.
-                let denom = T::one() + (-g[i]).exp();
-                let sigmoid = T::one() / denom;
-                let slope = sigmoid * (T::one() + g[i] * (T::one() - sigmoid));
-                dg[i] = d[i] * u[i] * slope;
-                du[i] = d[i] * (g[i] / denom);
-            }
+        .for_each(|(((dgate, dup), (gate, up)), grad)| {
+            vectorized(Backward {
+                dgate,
+                dup,
+                gate,
+                up,
+                grad,
+            })
         });
     out
+}
+
+struct Backward<'a, T> {
+    dgate: &'a mut [T],
+    dup: &'a mut [T],
+    gate: &'a [T],
+    up: &'a [T],
+    grad: &'a [T],
+}
+
+impl<T: KernelExp> Vectorized for Backward<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let inputs = self.gate.iter().zip(self.up).zip(self.grad);
+        let outputs = self.dgate.iter_mut().zip(self.dup.iter_mut());
+        for ((dg, du), ((&g, &u), &d)) in outputs.zip(inputs) {
+            // One exp for both: silu(g) = g / (1 + e^-g), as `silu` computes it.
+            let denom = T::one() + (-g).kernel_exp();
+            let sigmoid = T::one() / denom;
+            let slope = sigmoid * (T::one() + g * (T::one() - sigmoid));
+            *dg = d * u * slope;
+            *du = d * (g / denom);
+        }
+    }
 }
 
 impl CustomOp2 for SwiGlu {

@@ -4,10 +4,12 @@
 
 use super::config::{Architecture, ModelConfig};
 use super::lora::Adapter;
-use crate::kernels::{attention_bias, linear, masked_softmax, rms_norm, swiglu, Matmul, Rope};
+use crate::kernels::{
+    attend, attention, attention_bias, linear, rms_norm, rotate, swiglu, Heads, Matmul, Rope,
+};
 use anyhow::Result;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use std::collections::HashMap;
 
 /// The parameters a config calls for, with HF names and shapes, in HF order.
@@ -414,50 +416,27 @@ impl Decoder {
         bias: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
         let train = cache.is_none();
-        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
-        let q = Rope::apply(
-            &heads(layer.q.forward(x, train, self.matmul)?, self.num_heads)?,
-            cos,
-            sin,
-        )?;
-        let mut k = Rope::apply(
-            &heads(layer.k.forward(x, train, self.matmul)?, self.num_kv_heads)?,
-            cos,
-            sin,
-        )?;
-        let mut v = heads(layer.v.forward(x, train, self.matmul)?, self.num_kv_heads)?;
-        if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
-        }
-        // Grouped-query attention without copying keys and values once per query head: the
-        // `rep` query heads that share a key/value head are rows of one matrix against it.
-        let (kv, tk, d) = (self.num_kv_heads, k.dim(2)?, self.head_dim);
-        let rep = self.num_heads / kv;
-        let dtype = q.dtype();
-        let scale = 1.0 / (d as f64).sqrt();
-        let scores = q
-            .contiguous()?
-            .reshape((b, kv, rep * t, d))?
-            .matmul(&k.contiguous()?.t()?)?
-            .reshape((b, self.num_heads, t, tk))?;
-        let wide = if dtype == DType::F64 {
-            DType::F64
-        } else {
-            DType::F32
+        let heads = Heads {
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
         };
-        let probs = masked_softmax(&scores.to_dtype(wide)?, bias, scale)?.to_dtype(dtype)?;
-        let out = probs
-            .reshape((b, kv, rep * t, tk))?
-            .matmul(&v.contiguous()?)?
-            .reshape((b, self.num_heads, t, d))?
-            .transpose(1, 2)?
-            .reshape((b, t, self.num_heads * d))?;
+        let q = layer.q.forward(x, train, self.matmul)?;
+        let k = layer.k.forward(x, train, self.matmul)?;
+        let v = layer.v.forward(x, train, self.matmul)?;
+        let out = match cache {
+            None => attention(&q, &k, &v, (cos, sin), bias, heads)?,
+            Some(slot) => {
+                let (q, mut k, mut v) = rotate(&q, &k, &v, (cos, sin), heads)?;
+                if let Some((pk, pv)) = slot.as_ref() {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                *slot = Some((k.clone(), v.clone()));
+                attend(&q, &k, &v, bias, heads)?
+            }
+        };
         layer.o.forward(&out, train, self.matmul)
     }
 }
