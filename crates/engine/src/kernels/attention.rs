@@ -17,11 +17,12 @@ pub struct Heads {
 /// and `v` `(B, T, KV·D)`, with RoPE (`cos`, `sin` as [`Rope::cos_sin`] gives them) on queries
 /// and keys. Returns `(B, T, H·D)`.
 ///
-/// On CPU in f32/f64 this is one op in the autograd graph whose backward keeps its three inputs
-/// and the probabilities. Composed, candle keeps every op's inputs until the backward pass, so the
-/// rotated queries and keys, the scores `(B, H, T, T)` and the heads' output before its
-/// transpose stay too (~15 MB a layer on SmolLM2 at 4 x 256 tokens). Other devices and dtypes
-/// use the composed ops.
+/// On CPU in f32/f64 this is one op in the autograd graph that keeps only its three inputs: its
+/// backward recomputes the rotation and the probabilities. Composed, candle keeps every op's
+/// inputs until the backward pass, so the rotated queries and keys, the scores and the
+/// probabilities `(B, H, T, T)` and the heads' output before its transpose stay too (~24 MB a
+/// layer on SmolLM2 at 4 x 256 tokens). Other devices and dtypes, and decoding with a KV cache,
+/// use the composed ops ([`rotate`], then [`attend`]).
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
