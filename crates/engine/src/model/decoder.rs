@@ -225,9 +225,7 @@ pub struct Decoder {
     norm: Tensor,
     lm_head: Tensor,
     rope: Rope,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
+    heads: Heads,
     eps: f64,
     sliding_window: Option<usize>,
     matmul: Matmul,
@@ -280,9 +278,11 @@ impl Decoder {
             layers,
             norm: get("model.norm.weight")?,
             lm_head,
-            num_heads: c.num_attention_heads,
-            num_kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
+            heads: Heads {
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+            },
             eps: c.rms_norm_eps,
             sliding_window: c.sliding_window,
             matmul: Matmul::default(),
@@ -416,12 +416,7 @@ impl Decoder {
         bias: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
-        let train = cache.is_none();
-        let heads = Heads {
-            heads: self.num_heads,
-            kv_heads: self.num_kv_heads,
-            head_dim: self.head_dim,
-        };
+        let (train, heads) = (cache.is_none(), self.heads);
         let q = layer.q.forward(x, train, self.matmul)?;
         let k = layer.k.forward(x, train, self.matmul)?;
         let v = layer.v.forward(x, train, self.matmul)?;
