@@ -22,7 +22,6 @@ pub use logprobs::token_logprobs;
 pub use mask::{attention_bias, MASKED};
 pub use norm::rms_norm;
 pub use rope::{Rope, RopeScaling};
-pub use softmax::masked_softmax;
 pub use swiglu::swiglu;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
