@@ -65,6 +65,8 @@ fn batched_generation_equals_one_prompt_at_a_time() {
             ..SampleConfig::default()
         };
         let batched = run(&m, &prompts(), &cfg);
+        // One prompt per batch: the batches run side by side on the CPU's threads.
+        assert!(m.batches_side_by_side());
         let alone = SampleConfig {
             batch_size: 1,
             ..cfg.clone()

@@ -1,5 +1,5 @@
-//! A sequence's numbers do not depend on what it is batched with or how it is padded, and
-//! decoding with the KV cache equals recomputing from scratch.
+//! A sequence's numbers do not depend on what it is batched with, how it is padded, or which
+//! thread scores its batch, and decoding with the KV cache equals recomputing from scratch.
 
 mod common;
 
@@ -8,7 +8,10 @@ use metaapo::data::batch::{collate, Padding};
 use metaapo::data::encode::EncodedSeq;
 use metaapo::model::decoder::KvCache;
 use metaapo::model::CausalLm;
+use metaapo::policy::Policy;
 use metaapo::score::sequence_logps;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 fn seqs() -> Vec<EncodedSeq> {
     vec![
@@ -190,4 +193,41 @@ fn batched_left_padded_cached_greedy_equals_uncached_greedy() {
     for (p, o) in prompts.iter().zip(&out) {
         assert_eq!(o, &greedy_uncached(&model, p, steps), "prompt {p:?}");
     }
+}
+
+#[test]
+fn frozen_scores_are_the_same_side_by_side_as_one_chunk_per_call() {
+    let frozen = || {
+        let model = common::tiny_model("LlamaForCausalLM", false, DType::F32, false);
+        assert!(
+            model.batches_side_by_side(),
+            "this test covers the side-by-side path"
+        );
+        let tokenizer = metaapo::world::vocab::tokenizer().unwrap();
+        Policy::new(model, tokenizer, "reference")
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    // Enough distinct sequences for several cache chunks (64 each) to be scored at once.
+    // Distinct by their first two ids, so both ways cut the same chunks.
+    let seqs: Vec<EncodedSeq> = (0..300u32)
+        .map(|i| {
+            let len = rng.random_range(2..14);
+            let mut ids = vec![3 + i % 37, 3 + i / 37];
+            ids.extend((2..len).map(|_| rng.random_range(3..40)));
+            EncodedSeq {
+                ids,
+                prompt_len: rng.random_range(1..len),
+            }
+        })
+        .collect();
+    let at_once = frozen().seq_logps(&seqs).unwrap();
+    let one_by_one = frozen();
+    let (mut sums, mut means) = (Vec::new(), Vec::new());
+    for chunk in seqs.chunks(64) {
+        let lp = one_by_one.seq_logps(chunk).unwrap();
+        sums.extend(lp.sum.to_vec1::<f32>().unwrap());
+        means.extend(lp.mean.to_vec1::<f32>().unwrap());
+    }
+    assert_eq!(at_once.sum.to_vec1::<f32>().unwrap(), sums);
+    assert_eq!(at_once.mean.to_vec1::<f32>().unwrap(), means);
 }

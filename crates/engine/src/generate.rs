@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -118,8 +119,7 @@ pub fn generate(
     let rows: Vec<usize> = (0..prompts.len())
         .flat_map(|p| std::iter::repeat_n(p, cfg.n))
         .collect();
-    let mut out = Vec::with_capacity(rows.len());
-    for (c, chunk) in rows.chunks(cfg.batch_size).enumerate() {
+    let batch = |(c, chunk): (usize, &[usize])| -> Result<Vec<Sample>> {
         let seqs: Vec<&[u32]> = chunk.iter().map(|&p| prompts[p].as_slice()).collect();
         let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
             .map(|i| {
@@ -129,18 +129,30 @@ pub fn generate(
             })
             .collect();
         let tokens = decode(model, &seqs, stop, pad_id, cfg, &mut rngs)?;
-        out.extend(
-            chunk
-                .iter()
-                .zip(tokens)
-                .map(|(&prompt, (tokens, finished))| Sample {
-                    prompt,
-                    tokens,
-                    finished,
-                }),
-        );
-    }
-    Ok(out)
+        Ok(chunk
+            .iter()
+            .zip(tokens)
+            .map(|(&prompt, (tokens, finished))| Sample {
+                prompt,
+                tokens,
+                finished,
+            })
+            .collect())
+    };
+    let batches: Vec<Vec<Sample>> = if model.batches_side_by_side() {
+        let chunks: Vec<&[usize]> = rows.chunks(cfg.batch_size).collect();
+        chunks
+            .into_par_iter()
+            .enumerate()
+            .map(batch)
+            .collect::<Result<_>>()?
+    } else {
+        rows.chunks(cfg.batch_size)
+            .enumerate()
+            .map(batch)
+            .collect::<Result<_>>()?
+    };
+    Ok(batches.concat())
 }
 
 /// Refuses a request whose samples, or one batch's KV cache and logits, would not fit in memory.

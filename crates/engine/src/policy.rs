@@ -12,6 +12,7 @@ use crate::model::{load_pretrained, CausalLm};
 use crate::score::{sequence_logps, PairLogps, Scores, SeqLogps};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -265,14 +266,28 @@ impl Policy {
                 .collect()
         };
         let values = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
-        for chunk in missing.chunks(CACHE_CHUNK) {
+        let score = |chunk: &[EncodedSeq]| -> Result<(Vec<f64>, Vec<f64>)> {
             let lp = sequence_logps(model, chunk, pad)?;
-            let (sums, means) = (values(&lp.sum)?, values(&lp.mean)?);
-            let mut cache = self.0.cache.borrow_mut();
+            Ok((values(&lp.sum)?, values(&lp.mean)?))
+        };
+        let scored: Vec<(Vec<f64>, Vec<f64>)> = if model.batches_side_by_side() {
+            missing
+                .par_chunks(CACHE_CHUNK)
+                .map(score)
+                .collect::<Result<_>>()?
+        } else {
+            missing
+                .chunks(CACHE_CHUNK)
+                .map(score)
+                .collect::<Result<_>>()?
+        };
+        let mut cache = self.0.cache.borrow_mut();
+        for (chunk, (sums, means)) in missing.chunks(CACHE_CHUNK).zip(scored) {
             for (i, s) in chunk.iter().enumerate() {
                 cache.insert(key(s), (sums[i], means[i]));
             }
         }
+        drop(cache);
         let cache = self.0.cache.borrow();
         let (sums, means): (Vec<f64>, Vec<f64>) = seqs.iter().map(|s| cache[&key(s)]).unzip();
         let dev = model.device();
