@@ -115,7 +115,7 @@ pub fn generate(
     if !stop.strings.is_empty() && stop.tokenizer.is_none() {
         bail!("generate: stop strings need a tokenizer");
     }
-    ensure_fits(model, prompts, cfg)?;
+    ensure_fits(model, prompts, cfg, 1)?;
     let rows: Vec<usize> = (0..prompts.len())
         .flat_map(|p| std::iter::repeat_n(p, cfg.n))
         .collect();
@@ -139,15 +139,20 @@ pub fn generate(
             })
             .collect())
     };
-    let batches: Vec<Vec<Sample>> = if model.batches_side_by_side() {
-        let chunks: Vec<&[usize]> = rows.chunks(cfg.batch_size).collect();
+    let chunks: Vec<&[usize]> = rows.chunks(cfg.batch_size).collect();
+    let at_once = chunks.len().min(rayon::current_num_threads());
+    let side_by_side = model.batches_side_by_side()
+        && at_once > 1
+        && ensure_fits(model, prompts, cfg, at_once).is_ok();
+    let batches: Vec<Vec<Sample>> = if side_by_side {
         chunks
             .into_par_iter()
             .enumerate()
             .map(batch)
             .collect::<Result<_>>()?
     } else {
-        rows.chunks(cfg.batch_size)
+        chunks
+            .into_iter()
             .enumerate()
             .map(batch)
             .collect::<Result<_>>()?
@@ -155,8 +160,14 @@ pub fn generate(
     Ok(batches.concat())
 }
 
-/// Refuses a request whose samples, or one batch's KV cache and logits, would not fit in memory.
-fn ensure_fits(model: &CausalLm, prompts: &[Vec<u32>], cfg: &SampleConfig) -> Result<()> {
+/// Refuses a request whose samples, or the KV caches and logits of `at_once` batches decoded side
+/// by side, would not fit in memory.
+fn ensure_fits(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    cfg: &SampleConfig,
+    at_once: usize,
+) -> Result<()> {
     let c = &model.config;
     let rows = prompts.len() as f64 * cfg.n as f64;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as f64;
@@ -166,7 +177,8 @@ fn ensure_fits(model: &CausalLm, prompts: &[Vec<u32>], cfg: &SampleConfig) -> Re
     let per_token = (c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim) as f64 * 4.0;
     // The prefill's attention scores are (batch, heads, prompt, prompt).
     let prefill = batch * c.num_attention_heads as f64 * longest * longest * 4.0 * 2.0;
-    let cache = batch * (longest + new) * per_token + batch * c.vocab_size as f64 * 8.0 + prefill;
+    let cache = (batch * (longest + new) * per_token + batch * c.vocab_size as f64 * 8.0 + prefill)
+        * at_once as f64;
     crate::memory::ensure_fits(
         &format!(
             "generate: n = {} samples of each of {} prompts ({rows:e} rows) with max_new_tokens = \

@@ -9,7 +9,7 @@ use crate::fetch;
 use crate::generate::{cut_at_stop, generate, SampleConfig, Stop};
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::{load_pretrained, CausalLm};
-use crate::score::{sequence_logps, PairLogps, Scores, SeqLogps};
+use crate::score::{fit_side_by_side, sequence_logps, PairLogps, Scores, SeqLogps};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -270,19 +270,17 @@ impl Policy {
             let lp = sequence_logps(model, chunk, pad)?;
             Ok((values(&lp.sum)?, values(&lp.mean)?))
         };
-        let scored: Vec<(Vec<f64>, Vec<f64>)> = if model.batches_side_by_side() {
-            missing
-                .par_chunks(CACHE_CHUNK)
-                .map(score)
-                .collect::<Result<_>>()?
+        let chunks: Vec<&[EncodedSeq]> = missing.chunks(CACHE_CHUNK).collect();
+        let side_by_side = model.batches_side_by_side()
+            && chunks.len() > 1
+            && fit_side_by_side(model, &chunks, rayon::current_num_threads());
+        let scored: Vec<(Vec<f64>, Vec<f64>)> = if side_by_side {
+            chunks.par_iter().map(|c| score(c)).collect::<Result<_>>()?
         } else {
-            missing
-                .chunks(CACHE_CHUNK)
-                .map(score)
-                .collect::<Result<_>>()?
+            chunks.iter().map(|c| score(c)).collect::<Result<_>>()?
         };
         let mut cache = self.0.cache.borrow_mut();
-        for (chunk, (sums, means)) in missing.chunks(CACHE_CHUNK).zip(scored) {
+        for (chunk, (sums, means)) in chunks.iter().zip(scored) {
             for (i, s) in chunk.iter().enumerate() {
                 cache.insert(key(s), (sums[i], means[i]));
             }

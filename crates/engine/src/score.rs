@@ -95,20 +95,38 @@ impl Scores {
     }
 }
 
-/// Refuses a batch whose activations (kept for the backward pass) would not fit in memory.
-fn ensure_fits(model: &CausalLm, b: usize, t: usize, seqs: &[EncodedSeq]) -> Result<()> {
+/// Bytes of a batch's activations (kept for the backward pass): `b` sequences padded to `t`.
+fn activation_bytes(model: &CausalLm, b: usize, t: usize, seqs: &[EncodedSeq]) -> f64 {
     let c = &model.config;
     let tokens = (b * t) as f64;
     let per_layer = (c.hidden_size * 12 + c.intermediate_size * 4) as f64
         + (c.num_attention_heads * t * 2) as f64;
     let predicted: usize = seqs.iter().map(EncodedSeq::response_len).sum();
-    let bytes = 4.0
-        * (tokens * c.num_hidden_layers as f64 * per_layer
-            + predicted as f64 * c.vocab_size as f64 * 3.0);
+    4.0 * (tokens * c.num_hidden_layers as f64 * per_layer
+        + predicted as f64 * c.vocab_size as f64 * 3.0)
+}
+
+/// Refuses a batch whose activations would not fit in memory.
+fn ensure_fits(model: &CausalLm, b: usize, t: usize, seqs: &[EncodedSeq]) -> Result<()> {
     crate::memory::ensure_fits(
         &format!("scoring {b} sequences of up to {t} tokens in one batch"),
-        bytes,
+        activation_bytes(model, b, t, seqs),
     )
+}
+
+/// Whether `at_once` of `batches`, the largest, fit in memory together: each batch checks only
+/// itself, so batches scored side by side could together take more than is free.
+pub fn fit_side_by_side(model: &CausalLm, batches: &[&[EncodedSeq]], at_once: usize) -> bool {
+    let mut bytes: Vec<f64> = batches
+        .iter()
+        .map(|seqs| {
+            let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+            activation_bytes(model, seqs.len(), t, seqs)
+        })
+        .collect();
+    bytes.sort_by(|a, b| b.total_cmp(a));
+    let together: f64 = bytes.iter().take(at_once).sum();
+    crate::memory::ensure_fits("scoring side by side", together).is_ok()
 }
 
 /// Scores a batch of sequences in one forward pass (right-padded).
