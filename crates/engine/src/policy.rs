@@ -285,8 +285,6 @@ impl Policy {
                 cache.insert(key(s), (sums[i], means[i]));
             }
         }
-        drop(cache);
-        let cache = self.0.cache.borrow();
         let (sums, means): (Vec<f64>, Vec<f64>) = seqs.iter().map(|s| cache[&key(s)]).unzip();
         let dev = model.device();
         let wide = |v: Vec<f64>| Tensor::new(v, dev)?.to_dtype(DType::F32);
