@@ -123,7 +123,7 @@ fn run_one(name: &str, steps: usize, device: &Device, dtype: DType, mode: &Mode)
             let refs = pair_logps(&reference, &chosen, &rejected, 0)?.detach();
             let loss = dpo(&pol, &refs, &DpoConfig::default(), None)?.loss;
             let mut grads = Gradients::new();
-            grads.accumulate(&loss, policy.vars())?;
+            grads.accumulate(loss, policy.vars())?;
             opt.step(&grads, 1e-6)?;
             Ok(())
         })?;

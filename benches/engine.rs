@@ -59,7 +59,7 @@ fn run_one(name: &str, steps: usize, device: &Device) -> Result<Value> {
         let t = Instant::now();
         let loss = (sequence_logps(&policy, &batch, 0)?.sum.sum_all()? / -tokens)?;
         let mut grads = Gradients::new();
-        grads.accumulate(&loss, policy.vars())?;
+        grads.accumulate(loss, policy.vars())?;
         opt.step(&grads, 1e-5)?;
         if step > 0 {
             train.push(t.elapsed().as_secs_f64());

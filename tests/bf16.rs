@@ -23,7 +23,7 @@ fn grads(policy: &CausalLm, reference: &CausalLm) -> Vec<Vec<f64>> {
         .detach();
     let out = metaapo::objective::dpo(&pol, &refs, &Default::default(), None).unwrap();
     let mut g = Gradients::new();
-    g.accumulate(&out.loss, policy.vars()).unwrap();
+    g.accumulate(out.loss, policy.vars()).unwrap();
     policy
         .vars()
         .iter()

@@ -18,7 +18,7 @@ fn grads(policy: &CausalLm, reference: &CausalLm, meta_between: bool) -> Vec<Vec
         m.step(&[0.5, -1.0], &[1.0, 0.2], &[0.3, 0.9]).unwrap();
     }
     let mut g = Gradients::new();
-    g.accumulate(&l, policy.vars()).unwrap();
+    g.accumulate(l, policy.vars()).unwrap();
     policy
         .vars()
         .iter()

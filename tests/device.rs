@@ -76,7 +76,7 @@ fn bf16_parameters_train_through_f32_master_weights() {
     let mut opt = AdamW::new(&vars, config.clone()).unwrap();
     let step = |opt: &mut AdamW| {
         let mut g = Gradients::new();
-        g.accumulate(&var.as_tensor().sum_all().unwrap(), &vars)
+        g.accumulate(var.as_tensor().sum_all().unwrap(), &vars)
             .unwrap();
         opt.step(&g, 1e-4).unwrap();
     };

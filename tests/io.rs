@@ -92,7 +92,7 @@ fn frozen_copy_shares_nothing_with_the_policy() {
     .unwrap();
     let mut g = Gradients::new();
     g.accumulate(
-        &sequence_logps(&policy, &seqs(), 0)
+        sequence_logps(&policy, &seqs(), 0)
             .unwrap()
             .sum
             .mean_all()
@@ -117,7 +117,7 @@ fn checkpoint_restores_model_optimizer_and_rng() {
     let mut opt = AdamW::new(model.vars(), AdamWConfig::default()).unwrap();
     let mut g = Gradients::new();
     g.accumulate(
-        &sequence_logps(&model, &seqs(), 0)
+        sequence_logps(&model, &seqs(), 0)
             .unwrap()
             .sum
             .mean_all()

@@ -225,7 +225,7 @@ fn only_adapters_get_gradients_and_they_match_finite_differences() {
             .count()
     };
     let mut g = Gradients::new();
-    g.accumulate(&common::dpo_loss(&policy, &reference), policy.vars())
+    g.accumulate(common::dpo_loss(&policy, &reference), policy.vars())
         .unwrap();
     // B = 0 at the start: B's gradient is A·x-shaped and non-zero, A's is B-shaped and zero.
     assert_eq!(nonzero(&g), policy.vars().len() / 2);
@@ -239,7 +239,7 @@ fn only_adapters_get_gradients_and_they_match_finite_differences() {
     .unwrap();
     opt.step(&g, 1e-2).unwrap();
     let mut g = Gradients::new();
-    g.accumulate(&common::dpo_loss(&policy, &reference), policy.vars())
+    g.accumulate(common::dpo_loss(&policy, &reference), policy.vars())
         .unwrap();
     assert_eq!(
         nonzero(&g),
@@ -272,7 +272,7 @@ fn dropout_applies_in_training_forwards_only_and_repeats_under_its_seed() {
         let model = base(false).with_lora(&cfg).unwrap();
         let reference = model.frozen().unwrap();
         let mut g = Gradients::new();
-        g.accumulate(&common::dpo_loss(&model, &reference), model.vars())
+        g.accumulate(common::dpo_loss(&model, &reference), model.vars())
             .unwrap();
         AdamW::new(model.vars(), AdamWConfig::default())
             .unwrap()

@@ -1,8 +1,10 @@
 //! The fused AdamW against a plain reference implementation and the candle-op fallback;
-//! bit-identical resume; gradient accumulation; clipping; decay groups; schedules.
+//! bit-identical resume; gradient accumulation and the memory its backward pass lets go of;
+//! clipping; decay groups; schedules.
 
 mod common;
 
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Var};
 use candle_core::{DType, Tensor};
 use metaapo::data::encode::EncodedSeq;
 use metaapo::model::CausalLm;
@@ -11,6 +13,8 @@ use metaapo::train::grads::Gradients;
 use metaapo::train::optimizer::{AdamW, AdamWConfig};
 use metaapo::train::schedule::{Schedule, ScheduleKind};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 fn data() -> Vec<EncodedSeq> {
     vec![
@@ -126,7 +130,7 @@ fn fused_adamw_matches_reference_and_fallback() {
         .collect();
     for step in 0..5 {
         let mut g = Gradients::new();
-        g.accumulate(&nll(&fused_model, &data()), fused_model.vars())
+        g.accumulate(nll(&fused_model, &data()), fused_model.vars())
             .unwrap();
         let grads: HashMap<String, Vec<f64>> = fused_model
             .vars()
@@ -153,7 +157,7 @@ fn fused_adamw_matches_reference_and_fallback() {
             stats.grad_norm
         );
         let mut g2 = Gradients::new();
-        g2.accumulate(&nll(&plain_model, &data()), plain_model.vars())
+        g2.accumulate(nll(&plain_model, &data()), plain_model.vars())
             .unwrap();
         plain.step(&g2, 1e-2).unwrap();
         reference.step(&mut ref_params, &grads, &decayed, &config());
@@ -199,7 +203,7 @@ fn saved_state_resumes_bit_identically() {
     let run = |model: &CausalLm, opt: &mut AdamW, steps: usize| {
         for _ in 0..steps {
             let mut g = Gradients::new();
-            g.accumulate(&nll(model, &data()), model.vars()).unwrap();
+            g.accumulate(nll(model, &data()), model.vars()).unwrap();
             opt.step(&g, 1e-2).unwrap();
         }
     };
@@ -229,10 +233,10 @@ fn accumulated_micro_batches_equal_one_batch() {
     let mut oa = AdamW::new(a.vars(), config()).unwrap();
     let mut ob = AdamW::new(b.vars(), config()).unwrap();
     let mut ga = Gradients::new();
-    ga.accumulate(&nll(&a, &data()), a.vars()).unwrap();
+    ga.accumulate(nll(&a, &data()), a.vars()).unwrap();
     let mut gb = Gradients::new();
     for s in data() {
-        gb.accumulate(&nll(&b, std::slice::from_ref(&s)), b.vars())
+        gb.accumulate(nll(&b, std::slice::from_ref(&s)), b.vars())
             .unwrap();
     }
     assert_eq!(gb.micro_batches(), 2);
@@ -253,7 +257,7 @@ fn non_finite_loss_and_empty_steps_change_nothing() {
     let before = snapshot(&model);
     let mut g = Gradients::new();
     let bad = (nll(&model, &data()) * f64::NAN).unwrap();
-    let err = g.accumulate(&bad, model.vars()).unwrap_err().to_string();
+    let err = g.accumulate(bad, model.vars()).unwrap_err().to_string();
     assert!(err.contains("NaN"), "{err}");
     assert!(opt.step(&g, 1e-2).is_err());
     assert_eq!(snapshot(&model), before);
@@ -290,4 +294,73 @@ fn schedules_follow_hf_formulas() {
     assert!((s(ScheduleKind::Cosine).lr_at(500) - 0.1).abs() < 1e-12);
     assert_eq!(Schedule::warmup_from_ratio(61135 / 128, 0.03), 15);
     assert_eq!(Schedule::constant(3e-7).lr_at(1000), 3e-7);
+}
+
+/// The identity, gradient passed through, as a graph node. A probe (`seen` empty) sets `freed`
+/// when dropped, which happens when its node is freed; an observer records in its backward
+/// whether `freed` was already set.
+struct Watch {
+    freed: Arc<AtomicBool>,
+    seen: Option<Arc<Mutex<Option<bool>>>>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.seen.is_none() {
+            self.freed.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl CustomOp1 for Watch {
+    fn name(&self) -> &'static str {
+        "watch"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("contiguous f32 only");
+        };
+        Ok((CpuStorage::F32(v[a..b].to_vec()), l.shape().clone()))
+    }
+    fn bwd(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if let Some(seen) = &self.seen {
+            *seen.lock().unwrap() = Some(self.freed.load(Ordering::SeqCst));
+        }
+        Ok(Some(g.clone()))
+    }
+}
+
+/// Like PyTorch, the backward pass frees a forward value once the nodes that read it are done,
+/// not after the whole pass (vendor/candle-core/PATCHED.md). In `sum(probe(observe(w)) * v)`
+/// the probe's output is read by the product, whose gradient for `v` is computed from it: it
+/// must be freed before the pass reaches `observe`, although a stored gradient was made from it.
+#[test]
+fn backward_frees_a_forward_value_once_its_readers_are_done() {
+    let (freed, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(None)));
+    let w = Var::new(&[1f32, 2., 3.], &Device::Cpu).unwrap();
+    let v = Var::new(&[0.5f32, -1., 2.], &Device::Cpu).unwrap();
+    let vars = [("w".to_string(), w.clone()), ("v".to_string(), v.clone())];
+    let y = w
+        .as_tensor()
+        .apply_op1(Watch {
+            freed: freed.clone(),
+            seen: Some(seen.clone()),
+        })
+        .unwrap()
+        .apply_op1(Watch {
+            freed: freed.clone(),
+            seen: None,
+        })
+        .unwrap();
+    let loss = (y * v.as_tensor()).unwrap().sum_all().unwrap();
+    let mut g = Gradients::new();
+    g.accumulate(loss, &vars).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some(true),
+        "the probe's node outlived its readers"
+    );
+    let grad = |var: &Var| g.get(var).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(grad(&w), [0.5, -1., 2.]);
+    assert_eq!(grad(&v), [1., 2., 3.]);
 }

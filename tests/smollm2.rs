@@ -436,7 +436,7 @@ fn bf16_matmuls_stay_near_f32_on_the_real_weights() {
         let lp = pair_logps(policy, &chosen, &rejected, pad).unwrap();
         let out = dpo(&lp, &reference, &DpoConfig::default(), None).unwrap();
         let mut g = Gradients::new();
-        g.accumulate(&out.loss, policy.vars()).unwrap();
+        g.accumulate(out.loss.clone(), policy.vars()).unwrap();
         let grad: Vec<f64> = policy
             .vars()
             .iter()

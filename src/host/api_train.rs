@@ -36,10 +36,10 @@ fn build(policy: Policy, opts: &Map) -> Res<Optimizer> {
     }))))
 }
 
-fn step(opt: &Optimizer, loss: &Tensor) -> Res<Map> {
+fn step(opt: &Optimizer, loss: Tensor) -> Res<Map> {
     let mut m = Map::new();
     let mut inner = opt.0.borrow_mut();
-    if let Some(stats) = inner.trainer.step(&loss.0).map_err(fail("step"))? {
+    if let Some(stats) = inner.trainer.step(loss.0).map_err(fail("step"))? {
         inner.policy.mark_updated();
         m.insert("grad_norm".into(), Dynamic::from_float(stats.grad_norm));
         m.insert("learning_rate".into(), Dynamic::from_float(stats.lr));
@@ -62,7 +62,7 @@ pub fn register(api: &mut Family, run: &Rc<Run>) {
         "step",
         "(opt: Optimizer, loss: Tensor) -> Map",
         "Backpropagates loss; updates every `accumulate` calls and returns grad_norm and learning_rate.",
-        |o: &mut Optimizer, loss: Tensor| step(o, &loss),
+        |o: &mut Optimizer, loss: Tensor| step(o, loss),
     );
     api.getter(
         "Optimizer",

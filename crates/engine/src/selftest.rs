@@ -124,7 +124,7 @@ pub fn run(device: &Device, dtype: DType, report: &mut dyn FnMut(&Check)) -> Res
         let refs = pair_logps(&reference, chosen, rejected, PAD)?.detach();
         let loss = dpo(&policy, &refs, &DpoConfig::default(), None)?.loss;
         let mut grads = Gradients::new();
-        grads.accumulate(&loss, m.vars())?;
+        grads.accumulate(loss, m.vars())?;
         let opt = AdamW::new(
             m.vars(),
             AdamWConfig {
@@ -173,7 +173,7 @@ pub fn run(device: &Device, dtype: DType, report: &mut dyn FnMut(&Check)) -> Res
         injected = (injected + (dv.as_tensor() * g)?.sum_all()?)?;
     }
     let mut same_grads = Gradients::new();
-    same_grads.accumulate(&injected, dev_train.vars())?;
+    same_grads.accumulate(injected, dev_train.vars())?;
     // Each side's update from its own starting point (bf16 weights start rounded).
     let update = |opt: &mut AdamW, grads: &Gradients| -> Result<Vec<f64>> {
         let before = opt.parameters_f32()?;

@@ -166,7 +166,29 @@ impl Tensor {
         let sorted_nodes = self.sorted_nodes();
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
-        for node in sorted_nodes.iter() {
+        Self::propagate(sorted_nodes, grads)
+    }
+
+    /// `backward` that takes the graph's root by value and lets go of each node once its
+    /// gradient has been passed on, as PyTorch frees saved tensors during its backward pass:
+    /// an intermediate result that nothing outside the graph holds is freed as soon as the
+    /// nodes that read it are done, instead of after the whole pass.
+    pub fn backward_releasing(self) -> Result<GradStore> {
+        let sorted_nodes: Vec<Tensor> = self.sorted_nodes().into_iter().cloned().collect();
+        let mut grads = GradStore::new();
+        grads.insert(&self, self.ones_like()?.contiguous()?);
+        drop(self);
+        Self::propagate(sorted_nodes, grads)
+    }
+
+    /// Passes the gradients in `grads` down through `sorted_nodes` (roots first); each node is
+    /// dropped once its inputs have their share.
+    fn propagate<N: std::borrow::Borrow<Tensor>>(
+        sorted_nodes: Vec<N>,
+        mut grads: GradStore,
+    ) -> Result<GradStore> {
+        for node in sorted_nodes {
+            let node = &node.borrow();
             if node.is_variable() {
                 continue;
             }
@@ -188,7 +210,7 @@ impl Tensor {
                     }
                     Op::Binary(lhs, rhs, BinaryOp::Sub) => {
                         grads.accumulate(lhs, &grad)?;
-                        let rhs_sum_grad = grads.or_insert(rhs)?;
+                        let mut rhs_sum_grad = grads.or_insert(rhs)?;
                         *rhs_sum_grad = rhs_sum_grad.sub(&grad)?;
                     }
                     Op::Binary(lhs, rhs, BinaryOp::Mul) => {
@@ -201,7 +223,7 @@ impl Tensor {
                         let lhs_grad = grad.div(rhs)?;
                         grads.accumulate(lhs, &lhs_grad)?;
                         let rhs_grad = grad.mul(lhs)?.div(&rhs.sqr()?)?;
-                        let rhs_sum_grad = grads.or_insert(rhs)?;
+                        let mut rhs_sum_grad = grads.or_insert(rhs)?;
                         *rhs_sum_grad = rhs_sum_grad.sub(&rhs_grad)?;
                     }
                     Op::Binary(lhs, rhs, BinaryOp::Minimum)
@@ -219,10 +241,11 @@ impl Tensor {
                     }
                     Op::WhereCond(pred, t, f) => {
                         let zeros = grad.zeros_like()?;
-                        let t_sum_grad = grads.or_insert(t)?;
+                        let mut t_sum_grad = grads.or_insert(t)?;
                         let t_grad = pred.where_cond(&grad, &zeros)?;
                         *t_sum_grad = t_sum_grad.add(&t_grad)?;
-                        let f_sum_grad = grads.or_insert(f)?;
+                        drop(t_sum_grad);
+                        let mut f_sum_grad = grads.or_insert(f)?;
                         let f_grad = pred.where_cond(&zeros, &grad)?;
                         *f_sum_grad = f_sum_grad.add(&f_grad)?;
                     }
@@ -254,7 +277,7 @@ impl Tensor {
                             .transpose(0, 1)?
                             .conv1d(&grad.transpose(0, 1)?, *padding, *dilation, *stride, 1)?
                             .transpose(0, 1)?;
-                        let sum_grad = grads.or_insert(kernel)?;
+                        let mut sum_grad = grads.or_insert(kernel)?;
                         let (_, _, k0) = kernel.dims3()?;
                         let (_, _, g_k0) = grad_kernel.dims3()?;
                         let grad_kernel = if g_k0 != k0 {
@@ -291,7 +314,7 @@ impl Tensor {
                             .transpose(0, 1)?
                             .conv2d(&grad.transpose(0, 1)?, *padding, *dilation, *stride, 1)?
                             .transpose(0, 1)?;
-                        let sum_grad = grads.or_insert(kernel)?;
+                        let mut sum_grad = grads.or_insert(kernel)?;
                         let (_, _, k0, k1) = kernel.dims4()?;
                         let (_, _, g_k0, g_k1) = grad_kernel.dims4()?;
                         let grad_kernel = if g_k0 != k0 || g_k1 != k1 {
@@ -319,7 +342,7 @@ impl Tensor {
                             .transpose(0, 1)?
                             .conv2d(&arg.transpose(0, 1)?, *padding, *dilation, *stride, 1)?
                             .transpose(0, 1)?;
-                        let sum_grad = grads.or_insert(kernel)?;
+                        let mut sum_grad = grads.or_insert(kernel)?;
                         let (_, _, k0, k1) = kernel.dims4()?;
                         let (_, _, g_k0, g_k1) = grad_kernel.dims4()?;
                         let grad_kernel = if g_k0 != k0 || g_k1 != k1 {
@@ -371,7 +394,7 @@ impl Tensor {
 
                         let kernel = Tensor::ones((c, 1, scale), arg.dtype(), arg.device())?;
                         let conv_sum = grad.conv1d(&kernel, 0, scale, 1, c)?;
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         *sum_grad = conv_sum;
                     }
                     Op::UpsampleNearest2D {
@@ -392,23 +415,24 @@ impl Tensor {
                         let kernel =
                             Tensor::ones((c, 1, scale_h, scale_w), arg.dtype(), arg.device())?;
                         let conv_sum = grad.conv2d(&kernel, 0, scale_h, 1, c)?;
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         *sum_grad = conv_sum;
                     }
                     Op::UpsampleBilinear2D { .. } => {
                         crate::bail!("backward not supported for upsample_bilinear2d")
                     }
                     Op::SliceScatter0(lhs, rhs, start_rhs) => {
-                        let rhs_sum_grad = grads.or_insert(rhs)?;
+                        let mut rhs_sum_grad = grads.or_insert(rhs)?;
                         let rhs_grad = grad.narrow(0, *start_rhs, rhs.dim(0)?)?;
                         *rhs_sum_grad = rhs_sum_grad.add(&rhs_grad)?;
+                        drop(rhs_sum_grad);
 
-                        let lhs_sum_grad = grads.or_insert(lhs)?;
+                        let mut lhs_sum_grad = grads.or_insert(lhs)?;
                         let lhs_grad = grad.slice_scatter0(&rhs.zeros_like()?, *start_rhs)?;
                         *lhs_sum_grad = lhs_sum_grad.add(&lhs_grad)?
                     }
                     Op::Gather(arg, indexes, dim) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         *sum_grad = sum_grad.scatter_add(indexes, &grad, *dim)?;
                     }
                     Op::Scatter(init, indexes, src, dim) => {
@@ -418,10 +442,11 @@ impl Tensor {
                         grads.accumulate(src, &src_grad)?;
                     }
                     Op::ScatterAdd(init, indexes, src, dim) => {
-                        let init_sum_grad = grads.or_insert(init)?;
+                        let mut init_sum_grad = grads.or_insert(init)?;
                         let mask = init.ones_like()?;
                         let mask = mask.scatter(indexes, &mask.zeros_like()?, *dim)?;
                         *init_sum_grad = init_sum_grad.add(&grad.mul(&mask)?)?;
+                        drop(init_sum_grad);
 
                         let src_grad = grad.gather(indexes, *dim)?;
                         grads.accumulate(src, &src_grad)?;
@@ -433,7 +458,7 @@ impl Tensor {
                         grads.accumulate(src, &src_grad)?;
                     }
                     Op::IndexSelect(arg, indexes, dim) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         // index_select accepts strided ids but index_add requires contiguous ones.
                         let indexes = indexes.contiguous()?;
                         *sum_grad = sum_grad.index_add(&indexes, &grad, *dim)?;
@@ -512,16 +537,16 @@ impl Tensor {
                         grads.accumulate(arg, &(&grad * arg.cos())?)?;
                     }
                     Op::Unary(arg, UnaryOp::Cos) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         *sum_grad = sum_grad.sub(&(&grad * arg.sin())?)?
                     }
                     Op::Unary(arg, UnaryOp::Tanh) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         let minus_dtanh = (node.sqr()? - 1.)?;
                         *sum_grad = sum_grad.sub(&(&grad * &minus_dtanh)?)?
                     }
                     Op::Unary(arg, UnaryOp::Abs) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         let ones = arg.ones_like()?;
                         let abs_grad = arg.ge(&arg.zeros_like()?)?.where_cond(&ones, &ones.neg()?);
                         *sum_grad = sum_grad.add(&(&grad * abs_grad)?)?
@@ -530,11 +555,11 @@ impl Tensor {
                         grads.accumulate(arg, &(&grad * *node)?)?;
                     }
                     Op::Unary(arg, UnaryOp::Neg) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         *sum_grad = sum_grad.sub(&grad)?
                     }
                     Op::Unary(arg, UnaryOp::Recip) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         let grad = (grad / arg.sqr()?)?;
                         *sum_grad = sum_grad.sub(&grad)?
                     }
@@ -575,7 +600,7 @@ impl Tensor {
                     }
                     Op::Unary(_, UnaryOp::Ceil) => Err(Error::BackwardNotSupported { op: "ceil" })?,
                     Op::Unary(arg, UnaryOp::Gelu) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         let cube = arg.powf(3.)?;
                         let tanh = (0.0356774 * &cube + (0.797885 * arg)?)?.tanh()?;
                         let gelu_grad = (((0.5 * &tanh)?
@@ -584,14 +609,14 @@ impl Tensor {
                         *sum_grad = sum_grad.add(&(&grad * gelu_grad)?)?
                     }
                     Op::Unary(arg, UnaryOp::Erf) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         // d/dx erf(x) = 2/sqrt(pi) * e^(-x^2)
                         let erf_grad =
                             (2. / std::f64::consts::PI.sqrt()) * (arg.sqr()?.neg()?).exp()?;
                         *sum_grad = sum_grad.add(&(&grad * erf_grad)?)?
                     }
                     Op::Unary(arg, UnaryOp::GeluErf) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         // d/dx gelu_erf(x) = 0.5 + 0.398942 e^(-x^2/2) x + 0.5 erf(x/sqrt(2))
                         let neg_half_square = (arg.sqr()?.neg()? / 2.)?;
                         let scaled_exp_arg = (0.398942 * neg_half_square.exp()? * arg)?;
@@ -601,12 +626,12 @@ impl Tensor {
                         *sum_grad = sum_grad.add(&(&grad * gelu_erf_grad)?)?;
                     }
                     Op::Unary(arg, UnaryOp::Relu) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         let relu_grad = arg.ge(&arg.zeros_like()?)?.to_dtype(arg.dtype())?;
                         *sum_grad = sum_grad.add(&(&grad * relu_grad)?)?
                     }
                     Op::Unary(arg, UnaryOp::Silu) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         // d/dx silu = sigmoid(x) * (1 + x * (1 - sigmoid(x))) = sigmoid(x) * (1 - node) + node
                         let sigmoid_arg = (arg.neg()?.exp()? + 1.)?.recip()?;
                         let silu_grad = &sigmoid_arg * (1. - *node) + *node;
@@ -614,7 +639,7 @@ impl Tensor {
                     }
                     Op::Elu(arg, alpha) => {
                         // d/dx elu(x) = 1 for x > 0, alpha * e^x for x <= 0
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         let zeros = arg.zeros_like()?;
                         let positive_mask = arg.gt(&zeros)?.to_dtype(arg.dtype())?;
                         let negative_mask = arg.le(&zeros)?.to_dtype(arg.dtype())?;
@@ -663,7 +688,7 @@ impl Tensor {
                         grads.accumulate(arg, &arg_grad)?;
                     }
                     Op::ToDevice(arg) => {
-                        let sum_grad = grads.or_insert(arg)?;
+                        let mut sum_grad = grads.or_insert(arg)?;
                         let arg_grad = grad.to_device(sum_grad.device())?;
                         *sum_grad = sum_grad.add(&arg_grad)?
                     }
@@ -683,6 +708,40 @@ impl Tensor {
             }
         }
         Ok(grads)
+    }
+}
+
+/// A gradient computed from forward values records them as its inputs, so storing it as it is
+/// would keep those values (a layer's activations, for a weight's gradient) alive until the
+/// store is dropped. Stored gradients are detached, as `backward` detaches each one it reads,
+/// unless `CANDLE_GRAD_DO_NOT_DETACH` asks for the graph of the backward pass itself.
+fn detached(grad: Tensor) -> Tensor {
+    if CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b) {
+        grad
+    } else {
+        grad.detach()
+    }
+}
+
+/// A stored gradient being updated in place by `backward`; detached when the update is done.
+struct SumGrad<'a>(&'a mut Tensor);
+
+impl std::ops::Deref for SumGrad<'_> {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        self.0
+    }
+}
+
+impl std::ops::DerefMut for SumGrad<'_> {
+    fn deref_mut(&mut self) -> &mut Tensor {
+        self.0
+    }
+}
+
+impl Drop for SumGrad<'_> {
+    fn drop(&mut self) {
+        *self.0 = detached(self.0.clone());
     }
 }
 
@@ -729,7 +788,7 @@ impl GradStore {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
                 let sum = entry.get().add(grad)?;
-                entry.insert(sum);
+                entry.insert(detached(sum));
             }
             Entry::Vacant(entry) => {
                 // The checks `zeros + grad` made, and the contiguous tensor it gave: later
@@ -743,13 +802,13 @@ impl GradStore {
                 if lhs != rhs {
                     Err(Error::DTypeMismatchBinaryOp { lhs, rhs, op: "add" }.bt())?
                 }
-                entry.insert(grad.contiguous()?);
+                entry.insert(detached(grad.contiguous()?));
             }
         }
         Ok(())
     }
 
-    fn or_insert(&mut self, tensor: &Tensor) -> Result<&mut Tensor> {
+    fn or_insert(&mut self, tensor: &Tensor) -> Result<SumGrad<'_>> {
         let grad = match self.0.entry(tensor.id()) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
@@ -757,7 +816,7 @@ impl GradStore {
                 entry.insert(grad)
             }
         };
-        Ok(grad)
+        Ok(SumGrad(grad))
     }
 
     /// Extend this gradient store with the contents of another.

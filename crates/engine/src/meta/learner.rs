@@ -187,7 +187,7 @@ impl MetaLearner {
             .to_scalar::<f64>()?;
         let loss = self.meta_loss(&s, &t(off)?, &t(on)?)?;
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let stats = self.opt.step(&loss)?.expect("one micro-batch per update");
+        let stats = self.opt.step(loss)?.expect("one micro-batch per update");
         Ok(MetaStats {
             loss: value,
             grad_norm: stats.grad_norm,

@@ -138,7 +138,7 @@ impl LinearHead {
             crate::interrupt::check()?;
             let margin = diff.broadcast_mul(w.as_tensor())?.sum(D::Minus1)?;
             let loss = log_sigmoid(&margin)?.neg()?.mean_all()?;
-            opt.step(&loss)?;
+            opt.step(loss)?;
         }
         let (loss_after, accuracy_after) = measure(w.as_tensor())?;
         Ok((

@@ -15,13 +15,14 @@ impl Gradients {
     }
 
     /// Back-propagates one micro-batch's loss and adds the gradients of `vars`. A non-finite
-    /// loss is refused before anything is touched.
-    pub fn accumulate(&mut self, loss: &Tensor, vars: &[(String, Var)]) -> Result<()> {
+    /// loss is refused before anything is touched. The loss is taken by value so that the
+    /// activations only its graph holds are freed during the backward pass (peak memory).
+    pub fn accumulate(&mut self, loss: Tensor, vars: &[(String, Var)]) -> Result<()> {
         let value = loss.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !value.is_finite() {
             bail!("the loss is {value}; the micro-batch was skipped and no weight changed");
         }
-        let mut store = loss.backward()?;
+        let mut store = loss.backward_releasing()?;
         crate::model::decoder::replay_checkpoints(&mut store, vars)?;
         for (_, var) in vars {
             if let Some(g) = store.remove(var.as_tensor()) {

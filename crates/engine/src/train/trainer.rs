@@ -122,7 +122,7 @@ impl Trainer {
 
     /// Backpropagates `loss`; every `accumulate` calls, updates the weights from the averaged
     /// gradients and says what the update did (`None` while accumulating).
-    pub fn step(&mut self, loss: &Tensor) -> Result<Option<StepStats>> {
+    pub fn step(&mut self, loss: Tensor) -> Result<Option<StepStats>> {
         self.grads.accumulate(loss, &self.vars)?;
         if self.grads.micro_batches() < self.accumulate {
             return Ok(None);

@@ -60,10 +60,12 @@ pub fn sft(
             })
             .collect::<Result<Vec<_>>>()?;
         let tokens: usize = seqs.iter().map(|s| s.response_len()).sum();
-        let lp = sequence_logps(model, &seqs, tok.pad_token_id)?;
-        let loss = (lp.sum.sum_all()? / -(tokens as f64))?;
-        trainer.step(&loss)?;
-        progress(step + 1, loss.to_scalar::<f32>()? as f64)?;
+        let lp = sequence_logps(model, &seqs, tok.pad_token_id)?.sum;
+        let loss = (lp.sum_all()? / -(tokens as f64))?;
+        drop(lp); // the loss alone holds the graph, so the backward pass can free it as it goes
+        let value = loss.to_scalar::<f32>()? as f64;
+        trainer.step(loss)?;
+        progress(step + 1, value)?;
     }
     Ok(())
 }
