@@ -166,9 +166,7 @@ fn pack_rows(a: Operand, k: usize, rows: usize, buf: &mut Vec<u32>) {
                 let r0 = block * 16;
                 let live = 16.min(a.rows.saturating_sub(r0));
                 if live > 0 {
-                    avx512::pairs_across(&a.data[r0..], a.cs, k, live, |p, lane, v| {
-                        dst[lane * pairs + p] = v
-                    });
+                    avx512::rows_across(&a.data[r0..], a.cs, k, live, dst);
                 }
             });
     } else {
@@ -200,9 +198,7 @@ fn pack_panels(b: Operand, k: usize, buf: &mut Vec<u32>) {
                 for half in (0..live).step_by(16) {
                     let lanes = 16.min(live - half);
                     let first = &b.data[(j0 + half)..];
-                    avx512::pairs_across(first, b.cs, k, lanes, |p, lane, v| {
-                        panel[p * NR + half + lane] = v
-                    });
+                    avx512::pairs_across(first, b.cs, k, lanes, &mut panel[half..], NR);
                 }
             } else if b.cs == 1 {
                 let mut row = vec![0u32; pairs];
@@ -268,47 +264,75 @@ mod avx512 {
         }
     }
 
-    /// For `lanes` (≤ 16) rows that lie side by side (`first[lane + c * cs]`), every pair `p`
-    /// of every lane, handed to `put(p, lane, pair)`.
+    /// For `lanes` (≤ 16) rows that lie side by side (`first[lane + c * cs]`), pair `p` of
+    /// lane `l` into `out[p * step + l]`: one vector store per pair.
     pub fn pairs_across(
         first: &[f32],
         cs: usize,
         k: usize,
         lanes: usize,
-        mut put: impl FnMut(usize, usize, u32),
+        out: &mut [u32],
+        step: usize,
     ) {
-        let mut v = [0u32; 16];
-        for p in 0..k.div_ceil(2) {
-            // SAFETY: the caller checked `available()`.
-            unsafe { pair_across(first, cs, k, lanes, p, &mut v) };
-            for (lane, x) in v.iter().take(lanes).enumerate() {
-                put(p, lane, *x);
+        let pairs = k.div_ceil(2);
+        assert!(lanes <= 16 && (pairs == 0 || out.len() >= (pairs - 1) * step + lanes));
+        // SAFETY: the caller checked `available()`; the stores stay inside `out` (asserted).
+        unsafe { pairs_across_avx(first, cs, k, lanes, out.as_mut_ptr(), step) }
+    }
+
+    /// The same pairs with the lanes as rows, pair `p` of lane `l` into `out[l * pairs + p]`:
+    /// 16 pairs at a time through a block on the stack, then copied out a lane at a time.
+    pub fn rows_across(first: &[f32], cs: usize, k: usize, lanes: usize, out: &mut [u32]) {
+        let pairs = k.div_ceil(2);
+        assert!(lanes <= 16 && out.len() >= lanes * pairs);
+        let mut block = [[0u32; 16]; 16];
+        for p0 in (0..pairs).step_by(16) {
+            let np = 16.min(pairs - p0);
+            let (from, k_block) = (2 * p0, (k - 2 * p0).min(32));
+            // SAFETY: as in `pairs_across`; the block holds 16 pairs of 16 lanes.
+            unsafe {
+                pairs_across_avx(
+                    &first[from * cs..],
+                    cs,
+                    k_block,
+                    lanes,
+                    block[0].as_mut_ptr(),
+                    16,
+                )
+            };
+            for (lane, row) in out.chunks_exact_mut(pairs).take(lanes).enumerate() {
+                for (dst, pair) in row[p0..p0 + np].iter_mut().zip(&block) {
+                    *dst = pair[lane];
+                }
             }
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-    unsafe fn pair_across(
+    unsafe fn pairs_across_avx(
         first: &[f32],
         cs: usize,
         k: usize,
         lanes: usize,
-        p: usize,
-        out: &mut [u32; 16],
+        out: *mut u32,
+        step: usize,
     ) {
         let m = mask(lanes);
-        let even = _mm512_maskz_loadu_ps(m, first.as_ptr().wrapping_add(2 * p * cs));
-        let odd = if 2 * p + 1 < k {
-            _mm512_maskz_loadu_ps(m, first.as_ptr().wrapping_add((2 * p + 1) * cs))
-        } else {
-            _mm512_setzero_ps()
-        };
+        let load = |c: usize| _mm512_maskz_loadu_ps(m, first.as_ptr().wrapping_add(c * cs));
         let widen = |x: __m512| {
             let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
             _mm512_cvtepu16_epi32(h)
         };
-        let v = _mm512_or_si512(widen(even), _mm512_slli_epi32(widen(odd), 16));
-        _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
+        for p in 0..k.div_ceil(2) {
+            let even = load(2 * p);
+            let odd = if 2 * p + 1 < k {
+                load(2 * p + 1)
+            } else {
+                _mm512_setzero_ps()
+            };
+            let v = _mm512_or_si512(widen(even), _mm512_slli_epi32(widen(odd), 16));
+            _mm512_mask_storeu_epi32(out.add(p * step).cast(), m, v);
+        }
     }
 
     /// One tile of `C` (`height` ≤ [`MR`] rows, `width` ≤ [`NR`] columns, row stride `ldc`)
