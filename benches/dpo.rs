@@ -119,9 +119,11 @@ fn run_one(name: &str, steps: usize, device: &Device, dtype: DType, mode: &Mode)
     let mut train = vec![];
     for step in 0..=steps {
         let t = timed(device, || {
-            let pol = pair_logps(&policy, &chosen, &rejected, 0)?;
             let refs = pair_logps(&reference, &chosen, &rejected, 0)?.detach();
+            let pol = pair_logps(&policy, &chosen, &rejected, 0)?;
             let loss = dpo(&pol, &refs, &DpoConfig::default(), None)?.loss;
+            // As a trainer does: the loss alone holds the graph, which the backward pass frees.
+            drop(pol);
             let mut grads = Gradients::new();
             grads.accumulate(loss, policy.vars())?;
             opt.step(&grads, 1e-6)?;
