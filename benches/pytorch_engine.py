@@ -5,7 +5,7 @@ For each config (random weights, float32, eager attention, `--threads` intra-op 
                       backward, AdamW(lr=1e-5) step, zero_grad (1 warm-up, then median of --steps)
   score_tokens_per_s  no_grad forward + per-token log-probs of the same batch (median of 3),
                       counted as batch * seq tokens
-  peak_rss_mb         ru_maxrss of the process; every config runs in its own subprocess
+  peak_rss_mb         ru_maxrss of the process in MiB (the key says mb); every config runs in its own subprocess
 and prints a JSON object {"configs": {name: {...}}} at the end. If --candle-json (default
 target/bench/engine.json, same shape) exists, it also prints candle/PyTorch ratios. A `-bf16`
 config runs its forward and loss under CPU autocast to bfloat16 (f32 master weights and AdamW
@@ -146,7 +146,7 @@ def main():
         print(f"{name}: train step {r['train_step_s']:.3f} s  (batch {args.batch}x{args.seq}, "
               f"{args.threads} threads, median of {args.steps})")
         print(f"{name}: scoring {r['score_tokens_per_s']:.0f} tokens/s")
-        print(f"{name}: peak RSS {r['peak_rss_mb']:.0f} MB  ({r['params'] / 1e6:.1f}M params)")
+        print(f"{name}: peak RSS {r['peak_rss_mb']:.0f} MiB  ({r['params'] / 1e6:.1f}M params)")
 
     report = {"engine": "pytorch", "torch": torch.__version__, "transformers": transformers.__version__,
               "threads": args.threads, "batch": args.batch, "seq": args.seq, "steps": args.steps,
