@@ -11,7 +11,6 @@ use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -119,7 +118,7 @@ pub fn generate(
     let rows: Vec<usize> = (0..prompts.len())
         .flat_map(|p| std::iter::repeat_n(p, cfg.n))
         .collect();
-    let batch = |(c, chunk): (usize, &[usize])| -> Result<Vec<Sample>> {
+    let batch = |c: usize, chunk: &&[usize]| -> Result<Vec<Sample>> {
         let seqs: Vec<&[u32]> = chunk.iter().map(|&p| prompts[p].as_slice()).collect();
         let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
             .map(|i| {
@@ -144,19 +143,7 @@ pub fn generate(
     let side_by_side = model.batches_side_by_side()
         && at_once > 1
         && ensure_fits(model, prompts, cfg, at_once).is_ok();
-    let batches: Vec<Vec<Sample>> = if side_by_side {
-        chunks
-            .into_par_iter()
-            .enumerate()
-            .map(batch)
-            .collect::<Result<_>>()?
-    } else {
-        chunks
-            .into_iter()
-            .enumerate()
-            .map(batch)
-            .collect::<Result<_>>()?
-    };
+    let batches = crate::threads::map_batches(&chunks, side_by_side, batch)?;
     Ok(batches.concat())
 }
 

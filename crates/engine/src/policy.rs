@@ -12,7 +12,6 @@ use crate::model::{load_pretrained, CausalLm};
 use crate::score::{fit_side_by_side, sequence_logps, PairLogps, Scores, SeqLogps};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -274,11 +273,7 @@ impl Policy {
         let side_by_side = model.batches_side_by_side()
             && chunks.len() > 1
             && fit_side_by_side(model, &chunks, rayon::current_num_threads());
-        let scored: Vec<(Vec<f64>, Vec<f64>)> = if side_by_side {
-            chunks.par_iter().map(|c| score(c)).collect::<Result<_>>()?
-        } else {
-            chunks.iter().map(|c| score(c)).collect::<Result<_>>()?
-        };
+        let scored = crate::threads::map_batches(&chunks, side_by_side, |_, c| score(c))?;
         let mut cache = self.0.cache.borrow_mut();
         for (chunk, (sums, means)) in chunks.iter().zip(scored) {
             for (i, s) in chunk.iter().enumerate() {

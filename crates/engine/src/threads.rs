@@ -1,5 +1,5 @@
-//! The CPU threads: their count fixed once at start-up, candle's spinning bounded, and the
-//! pool the host runs on.
+//! The CPU threads: their count fixed once at start-up, candle's spinning bounded, the pool the
+//! host runs on, and independent batches run side by side on it.
 //!
 //! candle asks for its thread count on every matmul, and unless `RAYON_NUM_THREADS` is set that
 //! means reading and parsing `/proc/cpuinfo` again: ~5% of a run on the default world, whose
@@ -41,4 +41,20 @@ pub fn on_pool<R: Send>(
         .thread_name(|i| format!("metaapo-{i}"))
         .build()?;
     Ok(pool.install(f))
+}
+
+/// `f(i, item)` for each of `items`, the results in order: on the pool's threads when
+/// `side_by_side` (a small model's independent batches, `CausalLm::batches_side_by_side`), else
+/// one after another. An error is the first one met.
+pub fn map_batches<T: Sync, R: Send, E: Send>(
+    items: &[T],
+    side_by_side: bool,
+    f: impl Fn(usize, &T) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
+    use rayon::prelude::*;
+    if side_by_side {
+        items.par_iter().enumerate().map(|(i, t)| f(i, t)).collect()
+    } else {
+        items.iter().enumerate().map(|(i, t)| f(i, t)).collect()
+    }
 }
